@@ -1,0 +1,71 @@
+"""Built-in datasets: ``imagefolder``, the tutorial's ``train/`` and ``val/`` folders of one folder per class."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from torchvision import datasets, transforms
+
+from runner.components import Component, Data, Params, Preprocess
+from runner.datafiles import find_root
+from runner.errors import RunnerError
+from runner.hookspecs import hookimpl
+
+
+class ImageFolderParams(Params):
+    root: str = Field(description="folder holding the split folders; relative to the recipe, the working "
+                                  "directory or a folder on RUNNER_DATA_PATH")
+    url: str | None = Field(None, description="zip to download and unpack once when root is not found")
+    train: str = Field("train", description="training split folder under root")
+    val: str = Field("val", description="validation split folder under root")
+    batch_size: int = Field(32, gt=0, description="training batch size")
+    val_batch_size: int | None = Field(None, gt=0, description="validation batch size (default: max(batch_size, 64); "
+                                                               "it does not change results)")
+    workers: int | Literal["auto"] = Field("auto", description="loader worker processes; auto: min(4, CPU cores)")
+    augment: Literal["standard", "none"] = Field(
+        "standard", description="standard: random resized crop + horizontal flip (the tutorial's); none: the val "
+                                "transform")
+
+
+def image_transforms(pre: Preprocess, augment: str) -> tuple[transforms.Compose, transforms.Compose]:
+    """Train and val transforms from the backbone's preprocessing: nothing here is hard-coded per model."""
+    interp = transforms.InterpolationMode(pre.interpolation)
+    tail = [transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)]
+    val = transforms.Compose([transforms.Resize(pre.resize, interpolation=interp), transforms.CenterCrop(pre.size), *tail])
+    if augment == "none":
+        return val, val
+    train = transforms.Compose([transforms.RandomResizedCrop(pre.size, interpolation=interp),
+                                transforms.RandomHorizontalFlip(), *tail])
+    return train, val
+
+
+def _split(root: Path, name: str, transform) -> datasets.ImageFolder:
+    folder = root / name
+    if not folder.is_dir():
+        raise RunnerError(f"dataset split folder {folder} does not exist; expected {root}/{name}/<class>/<image>")
+    try:
+        return datasets.ImageFolder(str(folder), transform=transform)
+    except FileNotFoundError as exc:
+        raise RunnerError(f"dataset split {folder}: {exc}; expected one folder per class holding images") from None
+
+
+def build_imagefolder(params: ImageFolderParams, preprocess: Preprocess, base_dir: Path) -> Data:
+    root = find_root(params.root, base_dir, params.url)
+    train_tf, val_tf = image_transforms(preprocess, params.augment)
+    train, val = _split(root, params.train, train_tf), _split(root, params.val, val_tf)
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        raise RunnerError(f"dataset {root}: train and val have different classes (only in train: {only_train}, "
+                          f"only in val: {only_val})")
+    workers = min(4, os.cpu_count() or 1) if params.workers == "auto" else params.workers
+    return Data(classes=train.classes, train=train, val=val, batch_size=params.batch_size,
+                val_batch_size=params.val_batch_size or max(params.batch_size, 64), workers=workers)
+
+
+@hookimpl
+def runner_datasets():
+    return [Component("imagefolder", "train/ and val/ folders with one sub-folder of images per class",
+                      build_imagefolder, ImageFolderParams)]

@@ -1,0 +1,130 @@
+"""The ``runner`` command line: parse arguments, call the library, render with rich. Nothing else lives here."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from runner.components import KINDS
+from runner.errors import RunnerError, did_you_mean
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Transfer-learning runs for image classification from YAML recipes.")
+console = Console()
+errors = Console(stderr=True, highlight=False)
+state = {"debug": False}
+
+KIND_ALIASES = {"datasets": "dataset", "backbones": "backbone", "freeze_policies": "freeze", "freeze_policy": "freeze",
+                "freezes": "freeze", "optimizers": "optimizer", "schedulers": "scheduler", "optim": "optimizer"}
+KIND_TITLES = {"freeze": "freeze policy"}
+
+
+@contextlib.contextmanager
+def handled():
+    """RunnerError -> its lines on stderr and exit 2; Ctrl-C -> exit 130; tracebacks only with --debug."""
+    try:
+        yield
+    except RunnerError as exc:
+        if state["debug"]:
+            raise
+        for problem in exc.problems:
+            errors.print(f"[red]error:[/] {problem}", markup=True, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False) -> None:
+    state["debug"] = debug
+
+
+def _kind(word: str) -> str:
+    kind = KIND_ALIASES.get(word, word)
+    if kind not in KINDS:
+        raise RunnerError(f"unknown component kind '{word}'{did_you_mean(word, [*KINDS, *KIND_ALIASES])}; "
+                          f"kinds: {', '.join(KINDS)}")
+    return kind
+
+
+def _catalog():
+    from runner.plugins import load_catalog
+    return load_catalog()
+
+
+@app.command("list")
+def list_(kind: Annotated[Optional[str], typer.Argument(help="one kind: datasets, backbones, freeze, ...")] = None):
+    """List every component by kind, with the plugin that provides it."""
+    with handled():
+        kinds = [_kind(kind)] if kind else list(KINDS)
+        catalog = _catalog()
+        table = Table("kind", "name", "plugin", "summary")
+        for k in kinds:
+            for name in catalog.names(k):
+                entry = catalog.entries[k][name]
+                table.add_row(KIND_TITLES.get(k, k), name, entry.plugin, entry.component.summary)
+        console.print(table)
+
+
+def _type_name(annotation) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+@app.command()
+def show(kind: Annotated[str, typer.Argument(help="component kind")],
+         name: Annotated[str, typer.Argument(help="component name")]):
+    """Show a component's parameters: type, default and help."""
+    with handled():
+        k = _kind(kind)
+        catalog = _catalog()
+        component = catalog.get(k, name)
+        console.print(f"[bold]{KIND_TITLES.get(k, k)} {name}[/] ({catalog.entries[k][name].plugin}): "
+                      f"{component.summary}")
+        table = Table("parameter", "type", "default", "help")
+        for field, info in component.params.model_fields.items():
+            default = "required" if info.is_required() else repr(info.default)
+            table.add_row(field, _type_name(info.annotation), default, info.description or "")
+        console.print(table)
+
+
+@app.command()
+def validate(recipe: Annotated[str, typer.Argument(help="recipe file or packaged recipe name")],
+             set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value)")] = []):
+    """Check a recipe and its components' parameters without training."""
+    from runner import recipe as recipes
+    with handled():
+        loaded = recipes.validate_components(recipes.load(recipe, set_), _catalog())
+        console.print(f"{loaded.path}: ok")
+
+
+@app.command()
+def run(recipe: Annotated[str, typer.Argument(help="recipe file or packaged recipe name (e.g. extract)")],
+        set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value); repeatable")] = []):
+    """Train a recipe; writes a run folder with the resolved recipe, metrics and best weights."""
+    from runner import engine, recipe as recipes
+    from runner.report import RichReport
+    with handled():
+        catalog = _catalog()
+        loaded = recipes.load(recipe, set_)
+        run_ = engine.build(loaded, catalog)
+        report = RichReport(console)
+        catalog.pm.register(report, name="runner.report")
+        try:
+            engine.fit(run_)
+        finally:
+            report.stop()
+
+
+def entry() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

@@ -1,0 +1,171 @@
+"""The one training engine: build the components a recipe names, fit, keep the best weights.
+
+It knows no component by name: it asks the catalog for each kind in turn (backbone, dataset, freeze policy,
+optimizer, scheduler) and calls lifecycle hooks so plugins can observe the run.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from runner.components import Backbone, Data, Schedule
+from runner.hardware import resolve_device, resolve_precision
+from runner.plugins import Catalog
+from runner.recipe import Recipe, validate_components
+from runner.runfolder import new_run_folder, save_json, save_torch, save_yaml
+
+
+@dataclass
+class Run:
+    """Everything a training run is made of; lifecycle hooks receive it."""
+
+    recipe: Recipe
+    resolved: dict[str, Any]
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    backbone: Backbone
+    data: Data
+    param_groups: list[dict]
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    train_loader: DataLoader
+    val_loader: DataLoader
+    hook: Any
+    folder: Path | None = None
+    epoch: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})
+
+    @property
+    def model(self) -> nn.Module:
+        return self.backbone.model
+
+    @property
+    def classes(self) -> list[str]:
+        return self.data.classes
+
+
+def build(recipe: Recipe, catalog: Catalog) -> Run:
+    """Turn a validated recipe into a ready Run: model with its new head, data, frozen parts, optimizer."""
+    validate_components(recipe, catalog)
+    settings, params = recipe.settings, recipe.params
+    component = {kind: catalog.get(kind, recipe.sections[kind]["name"]) for kind in params}
+    torch.manual_seed(settings.seed)
+    device = resolve_device(settings.device)
+
+    backbone: Backbone = component["backbone"].build(params["backbone"])
+    data: Data = component["dataset"].build(params["dataset"], backbone.preprocess, recipe.path.parent.resolve())
+    backbone.replace_head(len(data.classes))
+    model = backbone.model.to(device)
+    if recipe.settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    groups = component["freeze"].build(params["freeze"], backbone)
+    optimizer = component["optimizer"].build(params["optimizer"], groups)
+
+    loader_args = dict(num_workers=data.workers, persistent_workers=data.workers > 0,
+                       pin_memory=device.type == "cuda")
+    train_loader = DataLoader(data.train, batch_size=data.batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(settings.seed), **loader_args)
+    val_loader = DataLoader(data.val, batch_size=data.val_batch_size, shuffle=False, **loader_args)
+    schedule = component["scheduler"].build(params["scheduler"], optimizer, settings.epochs, len(train_loader))
+    return Run(recipe=recipe, resolved=recipe.resolved(), device=device,
+               autocast_dtype=resolve_precision(settings.precision, device), backbone=backbone, data=data,
+               param_groups=groups, optimizer=optimizer, schedule=schedule, train_loader=train_loader,
+               val_loader=val_loader, hook=catalog.pm.hook)
+
+
+def _autocast(run: Run):
+    if run.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(run.device.type, dtype=run.autocast_dtype)
+
+
+def _to_device(run: Run, images: torch.Tensor, labels: torch.Tensor):
+    images = images.to(run.device, non_blocking=True)
+    if run.recipe.settings.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(run.device, non_blocking=True)
+
+
+def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
+    """One pass over the train or val loader; returns mean loss, accuracy, images and seconds."""
+    train = phase == "train"
+    loader = run.train_loader if train else run.val_loader
+    run.model.train(train)
+    criterion = nn.CrossEntropyLoss()
+    loss_sum, correct, seen = 0.0, 0, 0
+    started = time.perf_counter()
+    grad = contextlib.nullcontext() if train else torch.inference_mode()
+    with grad:
+        for batch, (images, labels) in enumerate(loader):
+            images, labels = _to_device(run, images, labels)
+            with _autocast(run):
+                logits = run.model(images)
+                loss = criterion(logits.float(), labels)
+            if train:
+                run.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                run.optimizer.step()
+                if run.schedule.scheduler is not None and run.schedule.interval == "step":
+                    run.schedule.scheduler.step()
+            loss_sum += loss.item() * labels.size(0)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += labels.size(0)
+            run.hook.runner_batch_end(run=run, epoch=epoch, phase=phase, batch=batch, size=labels.size(0))
+    seconds = time.perf_counter() - started
+    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": seen, "seconds": seconds}
+
+
+def checkpoint(run: Run, epoch: int, val_acc: float) -> dict[str, Any]:
+    """What best.pt holds: weights plus all needed to use them, loadable with ``weights_only=True``."""
+    return {
+        "model": {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()},
+        "classes": list(run.classes),
+        "preprocess": dataclasses.asdict(run.backbone.preprocess),
+        "recipe": run.resolved,
+        "epoch": epoch,
+        "val_acc": val_acc,
+    }
+
+
+def fit(run: Run) -> dict[str, Any]:
+    """Train for the recipe's epochs, validating each; keep and save the best val accuracy's weights."""
+    settings = run.recipe.settings
+    run.folder = new_run_folder(Path(settings.output), run.recipe.name)
+    save_yaml(run.resolved, run.folder / "recipe.yaml")
+    started = time.perf_counter()
+    best_state = None
+    run.hook.runner_run_start(run=run)
+    for epoch in range(1, settings.epochs + 1):
+        run.epoch = epoch
+        lrs = [group["lr"] for group in run.optimizer.param_groups]
+        train = run_phase(run, "train", epoch)
+        if run.schedule.scheduler is not None and run.schedule.interval == "epoch":
+            run.schedule.scheduler.step()
+        val = run_phase(run, "val", epoch)
+        seconds = train["seconds"] + val["seconds"]
+        improved = val["acc"] > run.best["val_acc"]
+        metrics = {
+            "epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
+            "val_acc": val["acc"], "lr": lrs, "seconds": seconds,
+            "images_per_s": (train["images"] + val["images"]) / max(seconds, 1e-9), "best": improved,
+        }
+        if improved:
+            run.best = {"val_acc": val["acc"], "epoch": epoch}
+            best_state = checkpoint(run, epoch, val["acc"])
+            save_torch(best_state, run.folder / "best.pt")
+        run.hook.runner_epoch_end(run=run, epoch=epoch, metrics=metrics)
+    run.model.load_state_dict(best_state["model"])
+    summary = {"recipe": run.recipe.name, "best_val_acc": run.best["val_acc"], "best_epoch": run.best["epoch"],
+               "epochs": settings.epochs, "wall_s": round(time.perf_counter() - started, 2),
+               "folder": str(run.folder), "classes": list(run.classes)}
+    save_json(summary, run.folder / "summary.json")
+    run.hook.runner_run_end(run=run, summary=summary)
+    return summary

@@ -1,0 +1,250 @@
+"""Recipes: YAML with file:line kept for every key, ``extends:`` inheritance, ``--set`` overrides, validation.
+
+A recipe is a mapping of run settings plus one section per component kind. A section is ``{name: X, ...}``
+(or just ``X``); everything beside ``name`` is X's parameters, checked against X's own pydantic model, so a
+typo fails with its file, line and a suggestion before any tensor moves.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runner.components import KINDS, Params
+from runner.errors import RunnerError, Where, did_you_mean
+
+PACKAGED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class Settings(BaseModel):
+    """The run settings of a recipe, beside its component sections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="run name; defaults to the recipe file's stem")
+    seed: int = Field(0, description="seed for torch and data order")
+    epochs: int = Field(25, gt=0, description="training epochs")
+    device: str = Field("auto", description="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype; auto: bf16 where the hardware runs it fast, else fp32"
+    )
+    channels_last: bool = Field(True, description="channels_last memory format for 4-d activations")
+    output: str = Field("runs", description="folder that run folders are created in")
+
+
+DEFAULT_SECTIONS = {"freeze": {"name": "none"}, "scheduler": {"name": "none"}}
+
+
+@dataclass
+class Recipe:
+    """A loaded, merged recipe: its settings, its component sections, and where each key came from."""
+
+    path: Path
+    settings: Settings
+    sections: dict[str, dict[str, Any]]
+    raw: dict[str, Any]
+    positions: dict[str, Where] = field(default_factory=dict)
+    params: dict[str, Params] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name or self.path.stem
+
+    def where(self, dotted: str) -> Where:
+        """The closest known position for a dotted key: itself, a parent, or the file."""
+        parts = dotted.split(".")
+        while parts:
+            hit = self.positions.get(".".join(parts))
+            if hit:
+                return hit
+            parts.pop()
+        return Where(_display(self.path))
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved recipe: settings and every component with all its parameters."""
+        out = self.settings.model_dump()
+        out["name"] = self.name
+        for kind in KINDS:
+            out[kind] = {"name": self.sections[kind]["name"], **self.params[kind].model_dump(mode="json")}
+        return out
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def find_recipe(ref: str) -> Path:
+    """A recipe path, or the name of a packaged recipe (``extract``, ``tutorial/resnet18_extract``)."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    for candidate in (PACKAGED_RECIPES / ref, PACKAGED_RECIPES / f"{ref}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(str(p.relative_to(PACKAGED_RECIPES).with_suffix("")) for p in PACKAGED_RECIPES.rglob("*.yaml"))
+    raise RunnerError(f"{ref}: no such recipe file or packaged recipe{did_you_mean(ref, known)}; packaged: {', '.join(known)}")
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Where]]:
+    """The mapping in ``path`` and the file:line:column of every key (dotted)."""
+    shown = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RunnerError(f"{shown}: not UTF-8 text (byte {exc.start}): a recipe is a YAML file") from None
+    except OSError as exc:
+        raise RunnerError(f"{shown}: cannot read recipe: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = Where(shown, mark.line + 1, mark.column + 1) if mark else Where(shown)
+        raise RunnerError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise RunnerError(f"{shown}: invalid YAML: {exc}") from None
+    if data is None:
+        raise RunnerError(f"{shown}: the recipe is empty; expected a mapping such as 'dataset: ...'")
+    if not isinstance(data, dict):
+        raise RunnerError(f"{shown}:1:1: expected a mapping of settings and sections, got a {type(data).__name__}")
+    positions: dict[str, Where] = {}
+
+    def walk(n, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                dotted = f"{prefix}{key.value}"
+                positions[dotted] = Where(shown, key.start_mark.line + 1, key.start_mark.column + 1)
+                walk(value, dotted + ".")
+
+    walk(node, "")
+    return data, positions
+
+
+def _as_section(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, mappings merged deeply; a section naming another component replaces it whole."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if key in KINDS:
+            value = _as_section(value)
+        old = _as_section(out.get(key)) if key in KINDS else out.get(key)
+        if isinstance(old, dict) and isinstance(value, dict) and old.get("name", value.get("name")) == value.get(
+            "name", old.get("name")
+        ):
+            out[key] = merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, Where]]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(_display(p) for p in (*chain, resolved))
+        raise RunnerError(f"{_display(path)}: extends cycle: {cycle}")
+    data, positions = _read_yaml(path)
+    parent_ref = data.pop("extends", None)
+    if parent_ref is None:
+        return data, positions
+    where = positions["extends"]
+    if not isinstance(parent_ref, str):
+        raise RunnerError(f"{where}: extends: expected a recipe path, got {parent_ref!r}")
+    parent = path.parent / parent_ref
+    if not parent.is_file():
+        parent = Path(parent_ref) if Path(parent_ref).is_file() else PACKAGED_RECIPES / parent_ref
+    if not parent.is_file():
+        raise RunnerError(f"{where}: extends: no recipe '{parent_ref}' next to {_display(path)} or packaged")
+    base, base_positions = _load_tree(parent, (*chain, resolved))
+    return merge(base, data), {**base_positions, **positions}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` with the value parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise RunnerError(f"--set {text}: expected key.path=value, e.g. optimizer.lr=0.01")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def load(ref: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe (path or packaged name), follow ``extends:``, apply overrides, validate the settings."""
+    path = find_recipe(str(ref))
+    data, positions = _load_tree(path, ())
+    for text in overrides:
+        dotted, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(dotted.split(".")):
+            nested = {part: nested}
+        data = merge(data, nested)
+        positions[dotted] = Where(f"--set {text}")
+    return _validate_settings(path, data, positions)
+
+
+def _validate_settings(path: Path, data: dict[str, Any], positions: dict[str, Where]) -> Recipe:
+    recipe = Recipe(path=path, settings=Settings(), sections={}, raw=data, positions=positions)
+    problems: list[str] = []
+    settings = {k: v for k, v in data.items() if k not in KINDS}
+    for kind in KINDS:
+        section = _as_section(data.get(kind, DEFAULT_SECTIONS.get(kind)))
+        if section is None:
+            problems.append(f"{recipe.where(kind)}: {kind}: required section missing (e.g. '{kind}: {{name: ...}}')")
+        elif not isinstance(section, dict) or not isinstance(section.get("name"), str):
+            problems.append(f"{recipe.where(kind)}: {kind}: expected a component name or a mapping with 'name:'")
+        else:
+            recipe.sections[kind] = section
+    try:
+        recipe.settings = Settings(**settings)
+    except ValidationError as exc:
+        allowed = [*Settings.model_fields, *KINDS, "extends"]
+        problems.extend(pydantic_problems(exc, recipe, "", allowed))
+    if problems:
+        raise RunnerError(*problems)
+    return recipe
+
+
+def pydantic_problems(exc: ValidationError, recipe: Recipe, prefix: str, allowed) -> list[str]:
+    """One ``file:line:col: key: what`` line per pydantic error, with a suggestion for unknown keys."""
+    out = []
+    for err in exc.errors():
+        dotted = prefix + ".".join(str(p) for p in err["loc"])
+        where = recipe.where(dotted)
+        if err["type"] == "extra_forbidden":
+            out.append(f"{where}: {dotted}: unknown field{did_you_mean(err['loc'][-1], allowed)}")
+        elif err["type"] == "missing":
+            out.append(f"{where}: {dotted}: required field missing")
+        else:
+            out.append(f"{where}: {dotted}: {err['msg'][0].lower()}{err['msg'][1:]}, got {err['input']!r}")
+    return out
+
+
+def validate_components(recipe: Recipe, catalog) -> Recipe:
+    """Check each section names a known component and that its parameters fit that component's model."""
+    problems: list[str] = []
+    for kind in KINDS:
+        section = dict(recipe.sections[kind])
+        name = section.pop("name")
+        try:
+            component = catalog.get(kind, name)
+        except RunnerError as exc:
+            problems.append(f"{recipe.where(kind + '.name')}: {kind}.name: {exc}")
+            continue
+        try:
+            recipe.params[kind] = component.params(**section)
+        except ValidationError as exc:
+            problems.extend(pydantic_problems(exc, recipe, kind + ".", list(component.params.model_fields)))
+    if problems:
+        raise RunnerError(*problems)
+    return recipe
