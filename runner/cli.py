@@ -64,6 +64,8 @@ def list_(kind: Annotated[Optional[str], typer.Argument(help="one kind: datasets
         kinds = [_kind(kind)] if kind else list(KINDS)
         catalog = _catalog()
         table = Table("kind", "name", "plugin", "summary")
+        for column in table.columns[:3]:
+            column.no_wrap = True
         for k in kinds:
             for name in catalog.names(k):
                 entry = catalog.entries[k][name]

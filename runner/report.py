@@ -34,12 +34,14 @@ class RichReport:
             self.table.add_column(column, justify="right")
         for phase, loader in (("train", run.train_loader), ("val", run.val_loader)):
             self.tasks[phase] = self.progress.add_task(phase, total=len(loader.dataset), rate="")
-        self.live = Live(Group(self.table, self.progress), console=self.console, refresh_per_second=4,
-                         transient=False)
-        self.live.start()
+        if self.console.is_terminal:  # a live table and bars on a terminal; plain lines in a log
+            self.live = Live(Group(self.table, self.progress), console=self.console, refresh_per_second=4)
+            self.live.start()
 
     @hookimpl
     def runner_batch_end(self, run, epoch, phase, batch, size):
+        if self.live is None:
+            return
         task = self.tasks[phase]
         if batch == 0:
             self.progress.reset(task, description=f"{phase} {epoch}")
@@ -53,6 +55,10 @@ class RichReport:
         self.table.add_row(str(epoch), f"{m['train_loss']:.4f}", f"{m['train_acc']:.4f}", f"{m['val_loss']:.4f}",
                            f"{m['val_acc']:.4f}", f"{m['lr'][0]:.2g}", f"{m['seconds']:.1f}",
                            f"{m['images_per_s']:.0f}", "[green]best[/]" if m["best"] else "")
+        if self.live is None:
+            self.console.print(f"epoch {epoch}/{run.recipe.settings.epochs}: train loss {m['train_loss']:.4f} "
+                               f"acc {m['train_acc']:.4f}, val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}, "
+                               f"lr {m['lr'][0]:.2g}, {m['seconds']:.1f} s{' best' if m['best'] else ''}")
 
     @hookimpl
     def runner_run_end(self, run, summary):

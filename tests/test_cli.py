@@ -1,0 +1,70 @@
+"""The runner command line through typer's CliRunner, and the main recipe on the tutorial's images."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from runner.cli import app
+
+cli = CliRunner()
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_list_shows_every_kind_with_its_plugin():
+    result = cli.invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    for word in ("dataset", "backbone", "freeze policy", "optimizer", "scheduler", "imagefolder",
+                 "efficientnet_lite0", "all_but_head", "sgd", "step", "runner_plugins.optim"):
+        assert word in result.output
+
+
+def test_list_one_kind():
+    result = cli.invoke(app, ["list", "backbones"])
+    assert result.exit_code == 0 and "torchvision" in result.output and "imagefolder" not in result.output
+
+
+def test_list_unknown_kind_exits_2_with_a_suggestion():
+    result = cli.invoke(app, ["list", "backbone5"])
+    assert result.exit_code == 2 and "did you mean 'backbone'" in result.output
+
+
+def test_show_gives_parameters_with_types_defaults_and_help():
+    result = cli.invoke(app, ["show", "optimizer", "sgd"])
+    assert result.exit_code == 0
+    for word in ("momentum", "float", "0.9", "momentum factor", "nesterov"):
+        assert word in result.output
+
+
+def test_show_unknown_component():
+    result = cli.invoke(app, ["show", "optimizer", "sdg"])
+    assert result.exit_code == 2 and "did you mean 'sgd'" in result.output and "Traceback" not in result.output
+
+
+def test_run_a_packaged_recipe_by_name_with_overrides(tmp_path, imagefolder):
+    result = cli.invoke(app, ["run", "extract", "--set", f"dataset.root={imagefolder}",
+                              "--set", "backbone={name: timm, model: test_efficientnet}", "--set", "epochs=1",
+                              "--set", "dataset.workers=0", "--set", f"output={tmp_path / 'runs'}"])
+    assert result.exit_code == 0, result.output
+    assert "best val acc" in result.output
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert folder.name.startswith("extract-") and (folder / "best.pt").is_file()
+
+
+def test_run_with_a_missing_dataset_is_one_clear_line(tmp_path):
+    result = cli.invoke(app, ["run", "extract", "--set", "dataset.root=no_such_data", "--set", "dataset.url=null"])
+    assert result.exit_code == 2
+    assert "dataset folder 'no_such_data' not found" in result.output and "Traceback" not in result.output
+
+
+def test_extract_recipe_on_the_tutorial_images_reaches_90_percent(tmp_path, hymenoptera, monkeypatch):
+    monkeypatch.setenv("RUNNER_DATA_PATH", str(hymenoptera.parent))
+    result = cli.invoke(app, ["run", str(RECIPES / "extract.yaml"), "--set", "epochs=2",
+                              "--set", f"output={tmp_path / 'runs'}"])
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["best_val_acc"] >= 0.90
+    assert summary["classes"] == ["ants", "bees"]
