@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from runner.components import KINDS
 from runner.errors import RunnerError, did_you_mean
@@ -32,7 +33,7 @@ def handled():
         if state["debug"]:
             raise
         for problem in exc.problems:
-            errors.print(f"[red]error:[/] {problem}", markup=True, soft_wrap=True)
+            errors.print(Text("error: ", style="red") + Text(problem), soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         errors.print("interrupted")
@@ -102,7 +103,7 @@ def validate(recipe: Annotated[str, typer.Argument(help="recipe file or packaged
     """Check a recipe and its components' parameters without training."""
     from runner import recipe as recipes
     with handled():
-        loaded = recipes.validate_components(recipes.load(recipe, set_), _catalog())
+        loaded = recipes.load(recipe, set_, _catalog())
         console.print(f"{loaded.path}: ok")
 
 
@@ -114,8 +115,7 @@ def run(recipe: Annotated[str, typer.Argument(help="recipe file or packaged reci
     from runner.report import RichReport
     with handled():
         catalog = _catalog()
-        loaded = recipes.load(recipe, set_)
-        run_ = engine.build(loaded, catalog)
+        run_ = engine.build(recipes.load(recipe, set_, catalog), catalog)
         report = RichReport(console)
         catalog.pm.register(report, name="runner.report")
         try:

@@ -31,5 +31,9 @@ class RunnerError(Exception):
 
 def did_you_mean(word: str, choices) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    scored = []
+    for choice in {str(c) for c in choices}:
+        matcher = difflib.SequenceMatcher(None, str(word), choice)
+        if matcher.real_quick_ratio() >= 0.6 and matcher.ratio() >= 0.6:
+            scored.append((-matcher.ratio(), choice))  # ties go to the first in sorted order (lite0, not lite2)
+    return f" (did you mean '{min(scored)[1]}'?)" if scored else ""

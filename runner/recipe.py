@@ -106,24 +106,38 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Where]]:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark and "end of stream" in str(exc.problem):  # an unclosed quote: where it opened
+            mark = exc.context_mark
         where = Where(shown, mark.line + 1, mark.column + 1) if mark else Where(shown)
         raise RunnerError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise RunnerError(f"{shown}:{line}:{column}: invalid YAML: character {exc.character!r} is not allowed") from None
     except yaml.YAMLError as exc:
-        raise RunnerError(f"{shown}: invalid YAML: {exc}") from None
+        raise RunnerError(f"{shown}: invalid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:
         raise RunnerError(f"{shown}: the recipe is empty; expected a mapping such as 'dataset: ...'")
     if not isinstance(data, dict):
         raise RunnerError(f"{shown}:1:1: expected a mapping of settings and sections, got a {type(data).__name__}")
     positions: dict[str, Where] = {}
+    problems: list[str] = []
 
     def walk(n, prefix: str) -> None:
         if isinstance(n, yaml.MappingNode):
             for key, value in n.value:
                 dotted = f"{prefix}{key.value}"
-                positions[dotted] = Where(shown, key.start_mark.line + 1, key.start_mark.column + 1)
+                where = Where(shown, key.start_mark.line + 1, key.start_mark.column + 1)
+                if not (isinstance(key, yaml.ScalarNode) and key.tag == "tag:yaml.org,2002:str"):
+                    problems.append(f"{where}: {dotted}: unknown field (a key is a name, not {key.value!r})")
+                elif dotted in positions:
+                    problems.append(f"{where}: {dotted}: duplicate key (first at line {positions[dotted].line})")
+                positions[dotted] = where
                 walk(value, dotted + ".")
 
     walk(node, "")
+    if problems:
+        raise RunnerError(*problems)
     return data, positions
 
 
@@ -153,9 +167,9 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dic
         cycle = " -> ".join(_display(p) for p in (*chain, resolved))
         raise RunnerError(f"{_display(path)}: extends cycle: {cycle}")
     data, positions = _read_yaml(path)
-    parent_ref = data.pop("extends", None)
-    if parent_ref is None:
+    if "extends" not in data:
         return data, positions
+    parent_ref = data.pop("extends")
     where = positions["extends"]
     if not isinstance(parent_ref, str):
         raise RunnerError(f"{where}: extends: expected a recipe path, got {parent_ref!r}")
@@ -179,8 +193,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
-def load(ref: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read a recipe (path or packaged name), follow ``extends:``, apply overrides, validate the settings."""
+def load(ref: str | Path, overrides: list[str] = (), catalog=None) -> Recipe:
+    """Read a recipe (path or packaged name), follow ``extends:``, apply overrides, validate the settings
+    and, given the catalog, every component section: all problems are reported at once."""
     path = find_recipe(str(ref))
     data, positions = _load_tree(path, ())
     for text in overrides:
@@ -190,10 +205,15 @@ def load(ref: str | Path, overrides: list[str] = ()) -> Recipe:
             nested = {part: nested}
         data = merge(data, nested)
         positions[dotted] = Where(f"--set {text}")
-    return _validate_settings(path, data, positions)
+    recipe, problems = _validate_settings(path, data, positions)
+    if catalog is not None:
+        problems += _component_problems(recipe, catalog)
+    if problems:
+        raise RunnerError(*problems)
+    return recipe
 
 
-def _validate_settings(path: Path, data: dict[str, Any], positions: dict[str, Where]) -> Recipe:
+def _validate_settings(path: Path, data: dict[str, Any], positions: dict[str, Where]) -> tuple[Recipe, list[str]]:
     recipe = Recipe(path=path, settings=Settings(), sections={}, raw=data, positions=positions)
     problems: list[str] = []
     settings = {k: v for k, v in data.items() if k not in KINDS}
@@ -206,13 +226,11 @@ def _validate_settings(path: Path, data: dict[str, Any], positions: dict[str, Wh
         else:
             recipe.sections[kind] = section
     try:
-        recipe.settings = Settings(**settings)
+        recipe.settings = Settings.model_validate(settings)
     except ValidationError as exc:
         allowed = [*Settings.model_fields, *KINDS, "extends"]
         problems.extend(pydantic_problems(exc, recipe, "", allowed))
-    if problems:
-        raise RunnerError(*problems)
-    return recipe
+    return recipe, problems
 
 
 def pydantic_problems(exc: ValidationError, recipe: Recipe, prefix: str, allowed) -> list[str]:
@@ -232,8 +250,17 @@ def pydantic_problems(exc: ValidationError, recipe: Recipe, prefix: str, allowed
 
 def validate_components(recipe: Recipe, catalog) -> Recipe:
     """Check each section names a known component and that its parameters fit that component's model."""
+    problems = _component_problems(recipe, catalog)
+    if problems:
+        raise RunnerError(*problems)
+    return recipe
+
+
+def _component_problems(recipe: Recipe, catalog) -> list[str]:
     problems: list[str] = []
     for kind in KINDS:
+        if kind not in recipe.sections:
+            continue
         section = dict(recipe.sections[kind])
         name = section.pop("name")
         try:
@@ -242,9 +269,7 @@ def validate_components(recipe: Recipe, catalog) -> Recipe:
             problems.append(f"{recipe.where(kind + '.name')}: {kind}.name: {exc}")
             continue
         try:
-            recipe.params[kind] = component.params(**section)
+            recipe.params[kind] = component.params.model_validate(section)
         except ValidationError as exc:
             problems.extend(pydantic_problems(exc, recipe, kind + ".", list(component.params.model_fields)))
-    if problems:
-        raise RunnerError(*problems)
-    return recipe
+    return problems

@@ -315,9 +315,6 @@ def test_unknown_component_name(tmp_path, catalog):
     assert "known: efficientnet_lite0, efficientnet_lite1" in problem
 
 
-@pytest.mark.xfail(strict=True, reason="bug in runner/errors.py did_you_mean(): difflib.get_close_matches breaks "
-                                       "ties by the largest string, so 'efficientnet_lite' (equally close to lite0, "
-                                       "lite1, lite2) suggests 'efficientnet_lite2' instead of 'efficientnet_lite0'")
 def test_unknown_component_name_suggests_the_first_of_equally_close_names(tmp_path, catalog):
     path = write(tmp_path, DATASET + "optimizer: sgd\nbackbone: efficientnet_lite\n")
     assert "did you mean 'efficientnet_lite0'" in only(problems_of(full, path, (), catalog))
@@ -385,8 +382,6 @@ def test_unclosed_quote_is_invalid_yaml_with_a_line(tmp_path):
     assert problem.split(":")[0] == "recipe.yaml" and problem.split(":")[1].isdigit(), problem
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an unclosed quote is reported at the end of the file (the problem "
-                                       "mark), not at the line where the quote opens (the context mark)")
 def test_unclosed_quote_points_at_the_opening_line(tmp_path):
     path = write(tmp_path, "dataset:\n  name: imagefolder\n  root: 'data\nbackbone: efficientnet_lite0\n"
                            "epochs: 3\n")
@@ -482,31 +477,21 @@ def test_bad_values_with_newlines_stay_on_one_line(tmp_path, catalog):
     assert len(problems) == 2
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="bug: a non-string key (here the int 1) reaches Settings(**settings) and raises "
-                          "TypeError 'keywords must be strings' instead of a RunnerError")
 def test_non_string_top_level_key(tmp_path):
     path = write(tmp_path, MINIMAL + "1: 2\n")
     assert only(problems_of(load, path)).startswith("recipe.yaml:4:1: 1: unknown field")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="bug: a non-string key in a section reaches component.params(**section) and raises "
-                          "TypeError 'keywords must be strings' instead of a RunnerError")
 def test_non_string_key_in_a_section(tmp_path, catalog):
     path = write(tmp_path, MINIMAL.replace("optimizer: sgd", "optimizer: {name: sgd, 0.9: momentum}"))
     assert "optimizer.0.9: unknown field" in only(problems_of(full, path, (), catalog))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: PyYAML's ReaderError (a control character such as BEL) is not a "
-                                       "MarkedYAMLError; str(exc) is two lines, so the problem spans two lines")
 def test_control_character_is_one_line_of_invalid_yaml(tmp_path):
     path = write(tmp_path, MINIMAL + "epochs: 3\x07\n")
     assert "invalid YAML" in only(problems_of(load, path))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: 'extends:' with no value is None, which _load_tree treats as no "
-                                       "extends at all, so the isinstance(str) check never reports it")
 def test_empty_extends_is_an_error(tmp_path):
     path = write(tmp_path, "extends:\n" + MINIMAL)
     assert only(problems_of(load, path)).startswith("recipe.yaml:1:1: extends:")
@@ -566,9 +551,6 @@ def test_cli_validate_invalid_yaml_and_empty_file(tmp_path):
         assert result.exit_code == 2 and "recipe.yaml" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.xfail(strict=True, reason="limitation: load() validates the settings and raises before "
-                                       "validate_components() runs, so 'runner validate' shows a settings problem "
-                                       "and hides the component problems of the same file until it is fixed")
 def test_cli_validate_reports_settings_and_component_problems_together(tmp_path):
     path = write(tmp_path, BAD + "epochs: 0\n")
     result = cli.invoke(app, ["validate", str(path)])
@@ -577,8 +559,6 @@ def test_cli_validate_reports_settings_and_component_problems_together(tmp_path)
     assert "recipe.yaml:5:3: optimizer.momentun:" in result.output
 
 
-@pytest.mark.xfail(strict=True, reason="bug in runner/cli.py handled(): problems are printed with rich markup on, "
-                                       "so bracketed text such as '[a, b]' in a --set value is swallowed")
 def test_cli_prints_brackets_in_problems_verbatim(tmp_path):
     result = cli.invoke(app, ["validate", str(RECIPES / "extract.yaml"), "--set", "optimizer.bogus=[a, b]"])
     assert result.exit_code == 2
