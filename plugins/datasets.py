@@ -62,7 +62,8 @@ def build_imagefolder(params: ImageFolderParams, preprocess: Preprocess, base_di
                           f"only in val: {only_val})")
     workers = min(4, os.cpu_count() or 1) if params.workers == "auto" else params.workers
     return Data(classes=train.classes, train=train, val=val, batch_size=params.batch_size,
-                val_batch_size=params.val_batch_size or max(params.batch_size, 64), workers=workers)
+                val_batch_size=params.val_batch_size or max(params.batch_size, 64), workers=workers,
+                augmented=params.augment != "none")
 
 
 @hookimpl

@@ -91,6 +91,8 @@ class Data:
     batch_size: int
     val_batch_size: int
     workers: int = 0
+    augmented: bool = True
+    """Whether the training transform is random (so cached features are views, not exact)."""
 
 
 @dataclass

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from runner import feature_cache
 from runner.components import Backbone, Data, Schedule
+from runner.errors import RunnerError
 from runner.hardware import resolve_device, resolve_precision
 from runner.plugins import Catalog
 from runner.recipe import Recipe, validate_components
@@ -39,6 +41,8 @@ class Run:
     train_loader: DataLoader
     val_loader: DataLoader
     hook: Any
+    cache: bool = False
+    cache_note: str = ""
     folder: Path | None = None
     epoch: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})
@@ -75,10 +79,30 @@ def build(recipe: Recipe, catalog: Catalog) -> Run:
                               generator=torch.Generator().manual_seed(settings.seed), **loader_args)
     val_loader = DataLoader(data.val, batch_size=data.val_batch_size, shuffle=False, **loader_args)
     schedule = component["scheduler"].build(params["scheduler"], optimizer, settings.epochs, len(train_loader))
-    return Run(recipe=recipe, resolved=recipe.resolved(), device=device,
-               autocast_dtype=resolve_precision(settings.precision, device), backbone=backbone, data=data,
-               param_groups=groups, optimizer=optimizer, schedule=schedule, train_loader=train_loader,
-               val_loader=val_loader, hook=catalog.pm.hook)
+    run = Run(recipe=recipe, resolved=recipe.resolved(), device=device,
+              autocast_dtype=resolve_precision(settings.precision, device), backbone=backbone, data=data,
+              param_groups=groups, optimizer=optimizer, schedule=schedule, train_loader=train_loader,
+              val_loader=val_loader, hook=catalog.pm.hook)
+    run.cache, run.cache_note = _cache_decision(run)
+    return run
+
+
+def _cache_decision(run: Run) -> tuple[bool, str]:
+    """Whether to train the head on cached features, and a note saying why (shown to the user)."""
+    mode = run.recipe.settings.cache
+    if mode == "off":
+        return False, "off"
+    blocked = feature_cache.why_not_cacheable(run.model, run.backbone.head)
+    if blocked:
+        if mode == "features":
+            raise RunnerError(f"{run.recipe.where('cache')}: cache: features needs a frozen trunk: {blocked}")
+        return False, f"off: {blocked}"
+    inexact = feature_cache.why_not_exact(run.model, run.backbone.head, run.data.augmented)
+    if inexact is None:
+        return True, "exact"
+    if mode == "features":
+        return True, f"{run.recipe.settings.views} view(s) per training image ({inexact})"
+    return False, f"off: not exact, {inexact} (cache: features caches augmented views)"
 
 
 def _autocast(run: Run):
@@ -87,27 +111,55 @@ def _autocast(run: Run):
     return torch.autocast(run.device.type, dtype=run.autocast_dtype)
 
 
-def _to_device(run: Run, images: torch.Tensor, labels: torch.Tensor):
-    images = images.to(run.device, non_blocking=True)
-    if run.recipe.settings.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(run.device, non_blocking=True)
+def _to_device(run: Run, inputs: torch.Tensor) -> torch.Tensor:
+    inputs = inputs.to(run.device, non_blocking=True)
+    if run.recipe.settings.channels_last and inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
+
+
+def _trained_module(run: Run) -> nn.Module:
+    """What a batch goes through: the head alone on cached features, else the whole model."""
+    return run.backbone.head if run.cache else run.model
+
+
+def use_cached_features(run: Run) -> str:
+    """Swap the loaders for ones over cached head inputs; returns how they were obtained."""
+    started = time.perf_counter()
+    settings, data = run.recipe.settings, run.data
+
+    def forward(images):
+        with _autocast(run):
+            return run.model(_to_device(run, images))
+
+    views = settings.views if data.augmented else 1
+    train_x, train_y, hit_train = feature_cache.cached_features(run, data.train, views, forward, "train")
+    val_x, val_y, hit_val = feature_cache.cached_features(run, data.val, 1, forward, "val")
+    run.train_loader = DataLoader(feature_cache.CachedFeatures(train_x, train_y, settings.seed),
+                                  batch_size=data.batch_size, shuffle=True,
+                                  generator=torch.Generator().manual_seed(settings.seed))
+    run.val_loader = DataLoader(feature_cache.CachedFeatures(val_x, val_y), batch_size=data.val_batch_size)
+    how = "loaded from cache" if hit_train and hit_val else "extracted"
+    return f"{how} in {time.perf_counter() - started:.1f} s"
 
 
 def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
     """One pass over the train or val loader; returns mean loss, accuracy, images and seconds."""
     train = phase == "train"
     loader = run.train_loader if train else run.val_loader
-    run.model.train(train)
+    if train and isinstance(loader.dataset, feature_cache.CachedFeatures):
+        loader.dataset.set_epoch(epoch)
+    module = _trained_module(run)
+    module.train(train)
     criterion = nn.CrossEntropyLoss()
     loss_sum, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     grad = contextlib.nullcontext() if train else torch.inference_mode()
     with grad:
         for batch, (images, labels) in enumerate(loader):
-            images, labels = _to_device(run, images, labels)
+            images, labels = _to_device(run, images), labels.to(run.device, non_blocking=True)
             with _autocast(run):
-                logits = run.model(images)
+                logits = module(images)
                 loss = criterion(logits.float(), labels)
             if train:
                 run.optimizer.zero_grad(set_to_none=True)
@@ -142,6 +194,8 @@ def fit(run: Run) -> dict[str, Any]:
     save_yaml(run.resolved, run.folder / "recipe.yaml")
     started = time.perf_counter()
     best_state = None
+    if run.cache:
+        run.cache_note += "; features " + use_cached_features(run)
     run.hook.runner_run_start(run=run)
     for epoch in range(1, settings.epochs + 1):
         run.epoch = epoch
@@ -165,7 +219,7 @@ def fit(run: Run) -> dict[str, Any]:
     run.model.load_state_dict(best_state["model"])
     summary = {"recipe": run.recipe.name, "best_val_acc": run.best["val_acc"], "best_epoch": run.best["epoch"],
                "epochs": settings.epochs, "wall_s": round(time.perf_counter() - started, 2),
-               "folder": str(run.folder), "classes": list(run.classes)}
+               "folder": str(run.folder), "classes": list(run.classes), "cache": run.cache_note}
     save_json(summary, run.folder / "summary.json")
     run.hook.runner_run_end(run=run, summary=summary)
     return summary

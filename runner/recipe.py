@@ -33,6 +33,11 @@ class Settings(BaseModel):
         "auto", description="autocast dtype; auto: bf16 where the hardware runs it fast, else fp32"
     )
     channels_last: bool = Field(True, description="channels_last memory format for 4-d activations")
+    cache: Literal["auto", "off", "features"] = Field(
+        "auto", description="train the head on cached trunk features: auto where that is exact, features always "
+                            "(needs a frozen trunk), off never")
+    views: int = Field(1, gt=0, description="augmented views of each training image cached when the training "
+                                            "transform is random; each epoch draws one per image")
     output: str = Field("runs", description="folder that run folders are created in")
 
 

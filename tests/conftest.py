@@ -49,4 +49,5 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setenv("RUNNER_DATA_HOME", str(tmp_path / "data-home"))
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "feature-cache"))
     monkeypatch.delenv("RUNNER_DATA_PATH", raising=False)

@@ -30,6 +30,7 @@ def write_recipe(tmp_path, data_root, **sections) -> str:
     }
     recipe.update(sections)
     path = tmp_path / "recipe.yaml"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe))
     return str(path)
 

@@ -1,0 +1,139 @@
+"""Training a head on cached features: when only the head trains, the frozen trunk runs once per image.
+
+The cache holds what the head receives (captured by a forward pre-hook on the head module), so it is generic over
+backbones. It is *exact* when the trunk is deterministic in train mode (its BatchNorm held in eval, no active
+dropout or drop-path) and the training transform has no randomness: then training the head on cached features
+gives the same weights as running the whole model every batch. With augmentation, ``views`` augmented views of
+each training image are cached and each epoch draws one per image: the model sees ``views`` distinct crops per
+image instead of a fresh one every epoch, which is the price of not running the trunk again.
+
+Features are kept in fp16 for runs under reduced-precision autocast (fp32 for fp32 runs) and cached on disk under ``$RUNNER_CACHE_DIR`` (default ``~/.cache/runner/features``), keyed by the
+trunk's weights, the preprocessing, the file list (paths, sizes, mtimes), the views, seed and precision, so a
+changed file or weight never reuses a stale cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from runner.runfolder import save_torch
+
+STOCHASTIC = (nn.modules.dropout._DropoutNd,)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RUNNER_CACHE_DIR") or Path.home() / ".cache" / "runner" / "features")
+
+
+def why_not_cacheable(model: nn.Module, head: nn.Module) -> str | None:
+    """None when only ``head`` trains; else why features cannot stand in for the trunk."""
+    head_params = {id(p) for p in head.parameters()}
+    trunk_trainable = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in head_params]
+    if trunk_trainable:
+        return f"parameters outside the head train ({trunk_trainable[0]}, ...); freeze: all_but_head caches"
+    return None
+
+
+def why_not_exact(model: nn.Module, head: nn.Module, augmented: bool) -> str | None:
+    """None when cached training equals uncached training; else what makes it differ."""
+    if augmented:
+        return "the training transform is random (augment)"
+    in_head = {id(m) for m in head.modules()}
+    was = model.training
+    model.train()
+    try:
+        for name, module in model.named_modules():
+            if id(module) in in_head or not module.training:
+                continue
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                return f"BatchNorm {name} updates in train mode (bn: train)"
+            if (isinstance(module, STOCHASTIC) and module.p > 0) or getattr(module, "drop_prob", 0) > 0:
+                return f"{name} is random in train mode (dropout)"
+    finally:
+        model.train(was)
+    return None
+
+
+class CachedFeatures(Dataset):
+    """Cached (views, N, D) features and N labels; ``set_epoch`` draws which view each item shows."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, seed: int = 0):
+        self.features, self.labels, self.seed = features, labels, seed
+        self.view = torch.zeros(len(labels), dtype=torch.long)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.features.shape[0] > 1:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self.view = torch.randint(self.features.shape[0], (len(self.labels),), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.features[self.view[i], i], self.labels[i]
+
+
+def _fingerprint(model: nn.Module, dataset, parts: list) -> str | None:
+    files = getattr(dataset, "samples", None)  # ImageFolder and its kin list (path, label)
+    if files is None:
+        return None
+    h = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if tensor.numel() else b"")
+    h.update(repr(parts).encode())
+    h.update(repr(getattr(dataset, "transform", None)).encode())
+    for path, label in files:
+        stat = os.stat(path)
+        h.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+@torch.no_grad()
+def extract(run, dataset, views: int, forward_images) -> tuple[torch.Tensor, torch.Tensor]:
+    """(views, N, D) head inputs and N labels, from ``views`` passes over ``dataset`` in index order."""
+    head, captured = run.backbone.head, []
+    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
+    loader = DataLoader(dataset, batch_size=run.data.val_batch_size, shuffle=False, num_workers=run.data.workers,
+                        pin_memory=run.device.type == "cuda")
+    run.model.eval()
+    all_views, labels = [], []
+    try:
+        for view in range(views):
+            captured.clear()
+            labels.clear()
+            with torch.inference_mode():
+                for images, targets in loader:
+                    forward_images(images)
+                    labels.append(targets)
+            all_views.append(torch.cat(captured).float().cpu())
+    finally:
+        handle.remove()
+    return torch.stack(all_views), torch.cat(labels)
+
+
+def cached_features(run, dataset, views: int, forward_images, tag: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Features for ``dataset``, from the disk cache when its key matches, else extracted and saved."""
+    key = _fingerprint(run.model, dataset, [tag, views, run.recipe.settings.seed, str(run.autocast_dtype),
+                                            run.recipe.settings.channels_last, type(run.model).__name__])
+    path = cache_dir() / f"{key}.pt" if key else None
+    if path is not None and path.is_file():
+        try:
+            saved = torch.load(path, weights_only=True)
+            return saved["features"], saved["labels"], True
+        except Exception:  # a damaged cache file is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+    torch.manual_seed(run.recipe.settings.seed + len(tag))
+    features, labels = extract(run, dataset, views, forward_images)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if run.autocast_dtype is not None and features.abs().max() < 6e4:
+            features = features.half()  # half the memory; a reduced-precision run loses nothing by it
+        save_torch({"features": features, "labels": labels}, path)
+        features = torch.load(path, weights_only=True)["features"]  # train on exactly what a rerun would load
+    return features, labels, False
