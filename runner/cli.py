@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import typing
 from typing import Annotated, Optional
 
 import typer
@@ -17,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Transfer-learning runs for image classification from YAML recipes.")
 console = Console()
 errors = Console(stderr=True, highlight=False)
-state = {"debug": False}
+state: dict = {"debug": False, "plugins": []}
 
 KIND_ALIASES = {"datasets": "dataset", "backbones": "backbone", "freeze_policies": "freeze", "freeze_policy": "freeze",
                 "freezes": "freeze", "optimizers": "optimizer", "schedulers": "scheduler", "optim": "optimizer"}
@@ -41,8 +42,11 @@ def handled():
 
 
 @app.callback()
-def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False) -> None:
+def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+         plugin: Annotated[list[str], typer.Option("--plugin", help="plugin file or module to load; repeatable")] = []
+         ) -> None:
     state["debug"] = debug
+    state["plugins"] = list(plugin)
 
 
 def _kind(word: str) -> str:
@@ -53,9 +57,13 @@ def _kind(word: str) -> str:
     return kind
 
 
-def _catalog():
+def _catalog(recipe=None, strict: bool = False):
+    """The catalog with --plugin files and, given a loaded recipe, its ``plugins:``; load failures are warned."""
     from runner.plugins import load_catalog
-    return load_catalog()
+    catalog = load_catalog([*state["plugins"], *(recipe.plugin_refs() if recipe else [])], strict=strict)
+    for failure in catalog.plugins.failures:
+        errors.print(Text("warning: ", style="yellow") + Text(failure.error), soft_wrap=True)
+    return catalog
 
 
 @app.command("list")
@@ -75,7 +83,7 @@ def list_(kind: Annotated[Optional[str], typer.Argument(help="one kind: datasets
 
 
 def _type_name(annotation) -> str:
-    if isinstance(annotation, type):
+    if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
     return str(annotation).replace("typing.", "").replace("NoneType", "None")
 
@@ -98,12 +106,47 @@ def show(kind: Annotated[str, typer.Argument(help="component kind")],
 
 
 @app.command()
+def plugins(strict: Annotated[bool, typer.Option("--strict", help="a plugin that fails to load is an error")] = False):
+    """List every loaded plugin: where it comes from, the hooks it implements, the components it adds."""
+    with handled():
+        catalog = _catalog(strict=strict)
+        added: dict[str, list[str]] = {}
+        for kind in KINDS:
+            entries = [*catalog.entries[kind].values(), *(e for es in catalog.clashes[kind].values() for e in es[1:])]
+            for entry in entries:
+                added.setdefault(entry.plugin, []).append(f"{KIND_TITLES.get(kind, kind)} {entry.component.name}")
+        table = Table("plugin", "from", "hooks", "components")
+        for name, info in catalog.plugins.info.items():
+            if info.error:
+                table.add_row(name, info.source, "", Text(info.error, style="red"))
+                continue
+            hooks = sorted(h.name for h in catalog.pm.get_hookcallers(catalog.pm.get_plugin(name)) or [])
+            components = added.get(name, [])
+            shown = ", ".join(components[:6]) + (f" and {len(components) - 6} more" if len(components) > 6 else "")
+            table.add_row(name, info.source, ", ".join(hooks), shown)
+        console.print(table)
+
+
+@app.command("new-plugin")
+def new_plugin(name: Annotated[str, typer.Argument(help="package name, e.g. runner-mybackbone")],
+               kind: Annotated[str, typer.Option(help="backbone, dataset, freeze, optimizer, scheduler or hooks")] = "backbone",
+               into: Annotated[str, typer.Option(help="folder to create the package in")] = "."):
+    """Write a pip-installable plugin package: pyproject with the entry point, one component, one test."""
+    from pathlib import Path
+
+    from runner.scaffold import new_plugin as scaffold
+    with handled():
+        root = scaffold(name, kind, Path(into))
+        console.print(f"wrote {root}: cd {root} && pip install -e . && pytest")
+
+
+@app.command()
 def validate(recipe: Annotated[str, typer.Argument(help="recipe file or packaged recipe name")],
              set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value)")] = []):
     """Check a recipe and its components' parameters without training."""
     from runner import recipe as recipes
     with handled():
-        loaded = recipes.load(recipe, set_, _catalog())
+        loaded = recipes.load(recipe, set_, _catalog)
         console.print(f"{loaded.path}: ok")
 
 
@@ -114,8 +157,15 @@ def run(recipe: Annotated[str, typer.Argument(help="recipe file or packaged reci
     from runner import engine, recipe as recipes
     from runner.report import RichReport
     with handled():
-        catalog = _catalog()
-        run_ = engine.build(recipes.load(recipe, set_, catalog), catalog)
+        made: dict = {}
+
+        def catalog_for(loaded_recipe):
+            made["catalog"] = _catalog(loaded_recipe)
+            return made["catalog"]
+
+        loaded = recipes.load(recipe, set_, catalog_for)
+        catalog = made["catalog"]
+        run_ = engine.build(loaded, catalog)
         report = RichReport(console)
         catalog.pm.register(report, name="runner.report")
         try:

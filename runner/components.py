@@ -66,19 +66,97 @@ def replace_last_linear(model: nn.Module, num_classes: int) -> nn.Module:
     return new
 
 
+def _is_block_list(module: nn.Module) -> bool:
+    """A Sequential/ModuleList of at least 4 parameterised children: stages or blocks worth unfreezing one by one."""
+    return isinstance(module, (nn.Sequential, nn.ModuleList)) and sum(
+        1 for child in module.children() if next(child.parameters(), None) is not None) >= 4
+
+
+def default_layer_groups(model: nn.Module, head: nn.Module) -> list[tuple[str, list[str]]]:
+    """The model's parameters in consecutive groups from input to output, the head last: ``(name, param names)``.
+
+    Top-level children are units; the first list of four or more blocks found in a child -- timm's ``blocks``
+    and ``stages``, torchvision's ``features`` and ``encoder.layers`` -- is split into one unit per block.
+    Consecutive small modules without parameterised children (a stem conv and its norm) share a unit. Works for
+    any torchvision or timm model.
+    """
+    head_ids = {id(p) for p in head.parameters()}
+    units: list[tuple[str, list[str], bool]] = []  # (name, parameter names, is a small leaf-like module)
+
+    def own(prefix: str, module: nn.Module, recurse: bool) -> list[str]:
+        return [f"{prefix}{n}" for n, p in module.named_parameters(recurse=recurse) if id(p) not in head_ids]
+
+    def add(prefix: str, module: nn.Module, split: bool) -> None:
+        names = own(prefix + ".", module, True)
+        if not names:
+            return
+        if split and _is_block_list(module):
+            for child_name, child in module.named_children():
+                add(f"{prefix}.{child_name}", child, False)
+            return
+        if split and any(_is_block_list(m) for m in module.modules()):
+            direct = own(prefix + ".", module, False)
+            if direct:
+                units.append((prefix, direct, True))
+            for child_name, child in module.named_children():
+                add(f"{prefix}.{child_name}", child, True)
+            return
+        leafish = not any(next(c.parameters(), None) is not None for c in module.children())
+        units.append((prefix, names, leafish))
+
+    direct = own("", model, False)
+    if direct:
+        units.append(("params", direct, True))
+    for name, child in model.named_children():
+        add(name, child, True)
+    groups: list[tuple[str, list[str]]] = []
+    previous_leafish = False
+    for name, params, leafish in units:
+        if leafish and previous_leafish:
+            groups[-1] = (f"{groups[-1][0]}+{name}", groups[-1][1] + params)
+        else:
+            groups.append((f"{name}.rest" if name == "head" else name, params))
+        previous_leafish = leafish
+    return [*groups, ("head", [n for n, p in model.named_parameters() if id(p) in head_ids])]
+
+
 @dataclass
 class Backbone:
-    """A pretrained model and its preprocessing; ``reset_head(n)`` installs and returns an n-class head."""
+    """A pretrained model and its preprocessing; ``reset_head(n)`` installs and returns an n-class head.
+
+    ``layer_groups`` may be set by a backbone plugin that knows its model better than the generic split.
+    """
 
     model: nn.Module
     preprocess: Preprocess = field(default_factory=Preprocess)
     reset_head: Callable[[int], nn.Module] | None = None
     head: nn.Module | None = None
+    layer_groups: Callable[[], list[tuple[str, list[str]]]] | None = None
 
     def replace_head(self, num_classes: int) -> nn.Module:
         reset = self.reset_head or (lambda n: replace_last_linear(self.model, n))
         self.head = reset(num_classes)
         return self.head
+
+    def groups(self) -> list[tuple[str, list[str]]]:
+        """Parameter names in consecutive groups from input to head (the head last, named ``head``)."""
+        return self.layer_groups() if self.layer_groups else default_layer_groups(self.model, self.head)
+
+
+@dataclass
+class FreezePlan:
+    """What a freeze policy decides, once, at the start of a run.
+
+    ``groups`` are the optimizer's parameter groups for the whole run (dicts with ``params``, ``name`` and an
+    ``lr_scale``), laid out up front so optimizer state stays loadable after an unfreeze step; parameters that do
+    not train yet have ``requires_grad=False`` and no gradient, so the optimizer skips them. ``on_epoch(epoch)``
+    is called before each epoch and returns True when it changed what trains.
+    """
+
+    groups: list[dict]
+    on_epoch: Callable[[int], bool] | None = None
+    schedule: dict[str, int] = field(default_factory=dict)
+    """Group name -> first epoch it trains, for groups that start frozen (shown to the user)."""
 
 
 @dataclass

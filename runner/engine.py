@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from runner import feature_cache
-from runner.components import Backbone, Data, Schedule
+from runner.components import Backbone, Data, FreezePlan, Schedule
 from runner.errors import RunnerError
 from runner.hardware import resolve_device, resolve_precision
 from runner.plugins import Catalog
@@ -35,16 +35,20 @@ class Run:
     autocast_dtype: torch.dtype | None
     backbone: Backbone
     data: Data
-    param_groups: list[dict]
+    freeze_plan: FreezePlan
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     train_loader: DataLoader
     val_loader: DataLoader
     hook: Any
+    image_loaders: tuple[DataLoader, DataLoader] | None = None
     cache: bool = False
     cache_note: str = ""
     folder: Path | None = None
     epoch: int = 0
+    stop: str | None = None
+    """Set by a plugin to end the run after the current epoch; the text says why."""
+    plugin_state: dict[str, Any] = field(default_factory=dict)
     best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})
 
     @property
@@ -70,8 +74,10 @@ def build(recipe: Recipe, catalog: Catalog) -> Run:
     model = backbone.model.to(device)
     if recipe.settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    groups = component["freeze"].build(params["freeze"], backbone)
-    optimizer = component["optimizer"].build(params["optimizer"], groups)
+    plan: FreezePlan = component["freeze"].build(params["freeze"], backbone)
+    optimizer = component["optimizer"].build(params["optimizer"], plan.groups)
+    for group in optimizer.param_groups:  # discriminative lrs, before any scheduler records its base lrs
+        group["lr"] *= group.get("lr_scale", 1.0)
 
     loader_args = dict(num_workers=data.workers, persistent_workers=data.workers > 0,
                        pin_memory=device.type == "cuda")
@@ -81,7 +87,7 @@ def build(recipe: Recipe, catalog: Catalog) -> Run:
     schedule = component["scheduler"].build(params["scheduler"], optimizer, settings.epochs, len(train_loader))
     run = Run(recipe=recipe, resolved=recipe.resolved(), device=device,
               autocast_dtype=resolve_precision(settings.precision, device), backbone=backbone, data=data,
-              param_groups=groups, optimizer=optimizer, schedule=schedule, train_loader=train_loader,
+              freeze_plan=plan, optimizer=optimizer, schedule=schedule, train_loader=train_loader,
               val_loader=val_loader, hook=catalog.pm.hook)
     run.cache, run.cache_note = _cache_decision(run)
     return run
@@ -132,6 +138,7 @@ def use_cached_features(run: Run) -> str:
         with _autocast(run):
             return run.model(_to_device(run, images))
 
+    run.image_loaders = (run.train_loader, run.val_loader)
     views = settings.views if data.augmented else 1
     train_x, train_y, hit_train = feature_cache.cached_features(run, data.train, views, forward, "train")
     val_x, val_y, hit_val = feature_cache.cached_features(run, data.val, 1, forward, "val")
@@ -151,7 +158,7 @@ def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
         loader.dataset.set_epoch(epoch)
     module = _trained_module(run)
     module.train(train)
-    criterion = nn.CrossEntropyLoss()
+    criterion = nn.CrossEntropyLoss(label_smoothing=run.recipe.settings.label_smoothing if train else 0.0)
     loss_sum, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     grad = contextlib.nullcontext() if train else torch.inference_mode()
@@ -173,6 +180,14 @@ def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
             run.hook.runner_batch_end(run=run, epoch=epoch, phase=phase, batch=batch, size=labels.size(0))
     seconds = time.perf_counter() - started
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": seen, "seconds": seconds}
+
+
+def _after_unfreeze(run: Run) -> None:
+    """Back to whole images once the trunk trains: cached features stood only for a frozen trunk."""
+    if run.cache and feature_cache.why_not_cacheable(run.model, run.backbone.head):
+        run.train_loader, run.val_loader = run.image_loaders
+        run.cache = False
+        run.cache_note += f"; off from epoch {run.epoch} (the backbone trains)"
 
 
 def checkpoint(run: Run, epoch: int, val_acc: float) -> dict[str, Any]:
@@ -199,6 +214,8 @@ def fit(run: Run) -> dict[str, Any]:
     run.hook.runner_run_start(run=run)
     for epoch in range(1, settings.epochs + 1):
         run.epoch = epoch
+        if run.freeze_plan.on_epoch is not None and run.freeze_plan.on_epoch(epoch):
+            _after_unfreeze(run)
         lrs = [group["lr"] for group in run.optimizer.param_groups]
         train = run_phase(run, "train", epoch)
         if run.schedule.scheduler is not None and run.schedule.interval == "epoch":
@@ -216,9 +233,11 @@ def fit(run: Run) -> dict[str, Any]:
             best_state = checkpoint(run, epoch, val["acc"])
             save_torch(best_state, run.folder / "best.pt")
         run.hook.runner_epoch_end(run=run, epoch=epoch, metrics=metrics)
+        if run.stop:
+            break
     run.model.load_state_dict(best_state["model"])
     summary = {"recipe": run.recipe.name, "best_val_acc": run.best["val_acc"], "best_epoch": run.best["epoch"],
-               "epochs": settings.epochs, "wall_s": round(time.perf_counter() - started, 2),
+               "epochs": settings.epochs, "epochs_run": run.epoch, "stopped": run.stop, "wall_s": round(time.perf_counter() - started, 2),
                "folder": str(run.folder), "classes": list(run.classes), "cache": run.cache_note}
     save_json(summary, run.folder / "summary.json")
     run.hook.runner_run_end(run=run, summary=summary)

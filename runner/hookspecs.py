@@ -40,9 +40,10 @@ def runner_backbones():
 def runner_freeze_policies():
     """Freeze policies this plugin provides.
 
-    ``build(params, backbone)`` runs after the head is replaced; it sets ``requires_grad``, puts frozen
-    BatchNorm layers in eval mode for good, and returns the optimizer's parameter groups (a list of dicts
-    with ``params`` and a ``name``) holding only trainable parameters.
+    ``build(params, backbone)`` runs after the head is replaced; it sets ``requires_grad``, holds frozen
+    BatchNorm layers in eval mode, and returns :class:`runner.components.FreezePlan`: the optimizer's
+    parameter groups for the whole run (dicts with ``params``, ``name``, ``lr_scale``) and, for policies that
+    unfreeze over time, an ``on_epoch(epoch)`` callback. ``backbone.groups()`` gives the layer groups.
     """
 
 

@@ -20,6 +20,16 @@ from runner.errors import RunnerError, Where, did_you_mean
 PACKAGED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
+class EarlyStopping(BaseModel):
+    """Stop when the monitored metric has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patience: int = Field(3, gt=0, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
+    monitor: Literal["val_acc", "val_loss", "train_loss", "train_acc"] = Field("val_acc", description="metric to watch")
+
+
 class Settings(BaseModel):
     """The run settings of a recipe, beside its component sections."""
 
@@ -38,6 +48,10 @@ class Settings(BaseModel):
                             "(needs a frozen trunk), off never")
     views: int = Field(1, gt=0, description="augmented views of each training image cached when the training "
                                             "transform is random; each epoch draws one per image")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the training loss")
+    early_stopping: EarlyStopping | None = Field(None, description="stop early when val stops improving "
+                                                                  "(carried out by the early_stopping plugin)")
+    plugins: list[str] = Field([], description="plugin files (relative to the recipe) or modules to load")
     output: str = Field("runs", description="folder that run folders are created in")
 
 
@@ -58,6 +72,14 @@ class Recipe:
     @property
     def name(self) -> str:
         return self.settings.name or self.path.stem
+
+    def plugin_refs(self) -> list[str]:
+        """The recipe's ``plugins:``, file paths made relative to the recipe's folder."""
+        refs = []
+        for ref in self.settings.plugins:
+            local = self.path.parent / ref
+            refs.append(str(local) if ref.endswith(".py") or local.exists() else ref)
+        return refs
 
     def where(self, dotted: str) -> Where:
         """The closest known position for a dotted key: itself, a parent, or the file."""
@@ -200,7 +222,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def load(ref: str | Path, overrides: list[str] = (), catalog=None) -> Recipe:
     """Read a recipe (path or packaged name), follow ``extends:``, apply overrides, validate the settings
-    and, given the catalog, every component section: all problems are reported at once."""
+    and, given the catalog (or a function of the loaded recipe that makes one, so a recipe's ``plugins:``
+    count), every component section: all problems are reported at once."""
     path = find_recipe(str(ref))
     data, positions = _load_tree(path, ())
     for text in overrides:
@@ -211,6 +234,8 @@ def load(ref: str | Path, overrides: list[str] = (), catalog=None) -> Recipe:
         data = merge(data, nested)
         positions[dotted] = Where(f"--set {text}")
     recipe, problems = _validate_settings(path, data, positions)
+    if callable(catalog):
+        catalog = catalog(recipe)
     if catalog is not None:
         problems += _component_problems(recipe, catalog)
     if problems:

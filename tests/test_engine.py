@@ -63,8 +63,9 @@ def test_extract_run_trains_only_the_head_and_writes_the_run_folder(tmp_path, im
     assert summary["best_val_acc"] == max(m["val_acc"] for m in lines)
     resolved = yaml.safe_load((folder / "recipe.yaml").read_text())
     assert resolved["optimizer"] == {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
-                                     "nesterov": False}
-    assert resolved["freeze"] == {"name": "all_but_head", "bn": "frozen"}
+                                     "nesterov": False, "no_decay_norm_bias": False}
+    assert resolved["freeze"] == {"name": "all_but_head", "bn": "frozen", "backbone_lr_mult": 1.0,
+                                  "layer_decay": 1.0}
     best = torch.load(folder / "best.pt", weights_only=True)
     assert best["classes"] == ["cats", "dogs"]
     assert best["epoch"] == summary["best_epoch"] and best["val_acc"] == summary["best_val_acc"]
@@ -105,7 +106,7 @@ def test_up_to_freezes_the_leading_modules(tmp_path, imagefolder):
     grads = {n: p.requires_grad for n, p in run.model.named_parameters()}
     assert not grads["conv_stem.weight"] and not any(v for n, v in grads.items() if n.startswith("blocks.1."))
     assert all(v for n, v in grads.items() if n.startswith("blocks.2.") or n.startswith("classifier."))
-    total = sum(p.numel() for g in run.param_groups for p in g["params"])
+    total = sum(p.numel() for g in run.freeze_plan.groups for p in g["params"])
     assert total == sum(p.numel() for p in run.model.parameters() if p.requires_grad)
 
 

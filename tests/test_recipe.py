@@ -92,10 +92,11 @@ def test_extract_validates_and_resolves_every_kind_with_all_its_params(catalog):
         fields = set(catalog.get(kind, name).params.model_fields)
         assert resolved[kind]["name"] == name
         assert set(resolved[kind]) == {"name", *fields}, kind
-    assert resolved["freeze"] == {"name": "all_but_head", "bn": "frozen"}
+    assert resolved["freeze"] == {"name": "all_but_head", "bn": "frozen", "backbone_lr_mult": 1.0, "layer_decay": 1.0}
     assert resolved["optimizer"] == {"name": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0,
-                                     "nesterov": False}
-    assert resolved["scheduler"] == {"name": "step", "step_size": 7, "gamma": 0.1}
+                                     "nesterov": False, "no_decay_norm_bias": False}
+    assert resolved["scheduler"] == {"name": "step", "step_size": 7, "gamma": 0.1, "warmup": 0,
+                                     "warmup_unit": "epochs"}
     assert resolved["dataset"]["batch_size"] == 4
     assert resolved["dataset"]["root"] == "hymenoptera_data"
 
@@ -160,8 +161,8 @@ def test_child_naming_another_component_replaces_the_whole_section(tmp_path, cat
     assert recipe.sections["optimizer"] == {"name": "adam"}
     assert recipe.sections["scheduler"] == {"name": "cosine"}
     assert recipe.resolved()["optimizer"] == {"name": "adam", "lr": 0.001, "betas": [0.9, 0.999],
-                                              "weight_decay": 0.0}
-    assert recipe.resolved()["scheduler"] == {"name": "cosine", "eta_min": 0.0}
+                                              "weight_decay": 0.0, "no_decay_norm_bias": False}
+    assert recipe.resolved()["scheduler"] == {"name": "cosine", "eta_min": 0.0, "warmup": 0, "warmup_unit": "epochs"}
 
 
 def test_string_shorthand_section(tmp_path, catalog):
@@ -169,13 +170,13 @@ def test_string_shorthand_section(tmp_path, catalog):
     child = write(tmp_path, "extends: parent.yaml\nfreeze: none\n")
     recipe = full(child, catalog=catalog)
     assert recipe.sections["freeze"] == {"name": "none"}
-    assert recipe.resolved()["freeze"] == {"name": "none", "bn": "frozen"}
+    assert recipe.resolved()["freeze"] == {"name": "none", "bn": "frozen", "backbone_lr_mult": 1.0, "layer_decay": 1.0}
 
 
 def test_omitted_freeze_and_scheduler_default_to_none(tmp_path, catalog):
     recipe = full(write(tmp_path, MINIMAL), catalog=catalog)
-    assert recipe.resolved()["freeze"] == {"name": "none", "bn": "frozen"}
-    assert recipe.resolved()["scheduler"] == {"name": "none"}
+    assert recipe.resolved()["freeze"] == {"name": "none", "bn": "frozen", "backbone_lr_mult": 1.0, "layer_decay": 1.0}
+    assert recipe.resolved()["scheduler"] == {"name": "none", "warmup": 0, "warmup_unit": "epochs"}
 
 
 def test_three_levels_and_a_packaged_parent(tmp_path, catalog):
@@ -248,7 +249,8 @@ def test_override_name_replaces_the_section(catalog):
     assert recipe.resolved()["optimizer"]["lr"] == 0.001 and "momentum" not in recipe.resolved()["optimizer"]
     shorthand = full(RECIPES / "extract.yaml", ["optimizer=adamw", "freeze={name: none, bn: train}"], catalog)
     assert shorthand.sections["optimizer"] == {"name": "adamw"}
-    assert shorthand.resolved()["freeze"] == {"name": "none", "bn": "train"}
+    assert shorthand.resolved()["freeze"] == {"name": "none", "bn": "train", "backbone_lr_mult": 1.0,
+                                                  "layer_decay": 1.0}
 
 
 def test_later_overrides_win_and_values_may_hold_equals_signs(catalog):

@@ -1,0 +1,144 @@
+"""Side-by-side benchmark: the tutorial's reference loop and runner's recipes on the same data, in one run.
+
+    python bench/compare.py                      # extract and finetune, 25 epochs, the ants/bees images
+    python bench/compare.py --methods extract --scale 1,2,4   # and how the extract recipe grows with the set
+    python bench/compare.py --quick              # seconds: 1 epoch on a small generated set (CI smoke)
+
+Prints a table (wall s, images/s, best val acc, peak memory, time as a fraction of the reference's) and writes
+the same as JSON (--json). Each run is a fresh process, timed end to end, its peak RSS read from wait4; our runs
+start with an empty feature cache so nothing carries over between them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "bench" / "tutorial_loop.py"
+DATA = REPO.parent / "shared" / "data" / "hymenoptera_data"
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Run ``cmd``; its wall seconds, peak RSS in MiB (itself and waited-for children) and stdout."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed ({os.waitstatus_to_exitcode(status)}): {' '.join(cmd)}\n{text[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, text
+
+
+def reference(method: str, data: Path, epochs: int, backbone: str) -> dict:
+    cmd = [sys.executable, str(REFERENCE), "--mode", method, "--backbone", backbone, "--epochs", str(epochs),
+           "--data", str(data)]
+    wall, rss, out = timed(cmd, dict(os.environ))
+    result = json.loads(out.strip().splitlines()[-1])
+    return {"best_val_acc": result["best_val_acc"], "wall_s": wall, "peak_mib": rss}
+
+
+def ours(recipe: str, data: Path, epochs: int, overrides: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, RUNNER_DATA_PATH=str(data.parent), RUNNER_CACHE_DIR=str(Path(tmp) / "cache"))
+        cmd = [sys.executable, "-m", "runner", "run", recipe, "--set", f"epochs={epochs}",
+               "--set", f"dataset.root={data.name}", "--set", f"output={tmp}/runs", *sum([["--set", o] for o in overrides], [])]
+        wall, rss, _ = timed(cmd, env)
+        (summary_file,) = Path(tmp, "runs").glob("*/summary.json")
+        summary = json.loads(summary_file.read_text())
+    return {"best_val_acc": summary["best_val_acc"], "wall_s": wall, "peak_mib": rss, "cache": summary["cache"]}
+
+
+def count_images(data: Path) -> tuple[int, int]:
+    exts = {".jpg", ".jpeg", ".png"}
+    return tuple(sum(1 for p in (data / split).rglob("*") if p.suffix.lower() in exts) for split in ("train", "val"))
+
+
+def repeated(data: Path, times: int, into: Path) -> Path:
+    """``data`` with each training image linked ``times`` times (val unchanged): the same set, ``times`` as big."""
+    root = into / f"{data.name}_x{times}"
+    for image in (data / "train").rglob("*"):
+        if image.is_file():
+            for k in range(times):
+                target = root / image.relative_to(data).parent / f"{k}_{image.name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(image.resolve())
+    (root / "val").symlink_to((data / "val").resolve())
+    return root
+
+
+def tiny_data(into: Path) -> Path:
+    from PIL import Image
+
+    rng = random.Random(0)
+    root = into / "tiny"
+    for split, n in (("train", 8), ("val", 4)):
+        for c, colour in enumerate([(220, 40, 40), (40, 40, 220)]):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                image = Image.new("RGB", (64, 48), colour)
+                for _ in range(80):
+                    image.putpixel((rng.randrange(64), rng.randrange(48)), tuple(rng.randrange(256) for _ in "rgb"))
+                image.save(folder / f"{i}.jpg")
+    return root
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--methods", default="extract,finetune")
+    p.add_argument("--scale", default="", help="comma-separated multiples of the training set for the extract recipe")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="override for our recipes")
+    p.add_argument("--quick", action="store_true", help="1 epoch on a small generated set")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+    if not REFERENCE.is_file():
+        raise SystemExit(f"the reference loop is not at {REFERENCE}")
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = tiny_data(Path(tmp)) if args.quick else args.data
+        epochs = 1 if args.quick else args.epochs
+        n_train, n_val = count_images(data)
+        for method in args.methods.split(","):
+            ref = reference(method, data, epochs, "lite0")
+            rows.append({"method": method, "who": "tutorial loop", "images": n_train, **ref})
+            mine = ours(f"recipes/{method}.yaml", data, epochs, args.overrides)
+            rows.append({"method": method, "who": f"runner {method}.yaml", "images": n_train, **mine,
+                         "vs_reference": mine["wall_s"] / ref["wall_s"]})
+        for times in [int(t) for t in args.scale.split(",") if t]:
+            big = repeated(data, times, Path(tmp))
+            mine = ours("recipes/extract.yaml", big, epochs, args.overrides)
+            rows.append({"method": f"extract x{times}", "who": "runner extract.yaml", "images": n_train * times, **mine})
+    for row in rows:
+        row["images_per_s"] = (row["images"] + n_val) * epochs / row["wall_s"]
+    table = Table("method", "who", "train images", "wall s", "img/s", "best val acc", "peak MiB", "x reference")
+    for r in rows:
+        table.add_row(r["method"], r["who"], str(r["images"]), f"{r['wall_s']:.1f}", f"{r['images_per_s']:.0f}",
+                      f"{r['best_val_acc']:.4f}", f"{r['peak_mib']:.0f}",
+                      f"{r['vs_reference']:.3f}" if "vs_reference" in r else "")
+    console.print(table)
+    result = {"epochs": epochs, "data": str(data if not args.quick else "generated"), "cpu_count": os.cpu_count(),
+              "rows": rows}
+    print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Device and precision choice: auto picks bf16 only where the hardware runs it fast."""
+from __future__ import annotations
+
+import torch
+
+from runner import hardware
+
+
+def test_precision_auto_follows_the_cpu(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
+    assert hardware.resolve_precision("auto", cpu) is None
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
+    assert hardware.resolve_precision("auto", cpu) is torch.bfloat16
+
+
+def test_explicit_precisions():
+    cpu = torch.device("cpu")
+    assert hardware.resolve_precision("fp32", cpu) is None
+    assert hardware.resolve_precision("bf16", cpu) is torch.bfloat16
+    assert hardware.resolve_precision("fp16", cpu) is torch.float16
+
+
+def test_cpu_flags_are_read_from_this_machine():
+    flags = open("/proc/cpuinfo").read()
+    assert hardware.cpu_has_fast_bf16() == ("amx_bf16" in flags or "avx512_bf16" in flags)
+
+
+def test_device_auto_is_cpu_without_cuda():
+    assert hardware.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
