@@ -23,7 +23,9 @@ class ImageFolderParams(Params):
     batch_size: int = Field(32, gt=0, description="training batch size")
     val_batch_size: int | None = Field(None, gt=0, description="validation batch size (default: max(batch_size, 64); "
                                                                "it does not change results)")
-    workers: int | Literal["auto"] = Field("auto", description="loader worker processes; auto: min(4, CPU cores)")
+    workers: int | Literal["auto"] = Field("auto", description="loader worker processes; auto: none on 2 cores or "
+                                                               "fewer (workers there steal the cores the model "
+                                                               "needs), else min(4, cores - 1)")
     augment: Literal["standard", "none"] = Field(
         "standard", description="standard: random resized crop + horizontal flip (the tutorial's); none: the val "
                                 "transform")
@@ -60,7 +62,8 @@ def build_imagefolder(params: ImageFolderParams, preprocess: Preprocess, base_di
         only_val = sorted(set(val.classes) - set(train.classes))
         raise RunnerError(f"dataset {root}: train and val have different classes (only in train: {only_train}, "
                           f"only in val: {only_val})")
-    workers = min(4, os.cpu_count() or 1) if params.workers == "auto" else params.workers
+    cores = os.cpu_count() or 1
+    workers = (0 if cores <= 2 else min(4, cores - 1)) if params.workers == "auto" else params.workers
     return Data(classes=train.classes, train=train, val=val, batch_size=params.batch_size,
                 val_batch_size=params.val_batch_size or max(params.batch_size, 64), workers=workers,
                 augmented=params.augment != "none")

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from runner import feature_cache
 from runner.components import Backbone, Data, FreezePlan, Schedule
 from runner.errors import RunnerError
-from runner.hardware import resolve_device, resolve_precision
+from runner.hardware import faster_training_dtype, resolve_device, resolve_precision
 from runner.plugins import Catalog
 from runner.recipe import Recipe, validate_components
 from runner.runfolder import new_run_folder, save_json, save_torch, save_yaml
@@ -33,6 +33,7 @@ class Run:
     resolved: dict[str, Any]
     device: torch.device
     autocast_dtype: torch.dtype | None
+    """Autocast dtype for validation and feature extraction (None: fp32)."""
     backbone: Backbone
     data: Data
     freeze_plan: FreezePlan
@@ -41,6 +42,9 @@ class Run:
     train_loader: DataLoader
     val_loader: DataLoader
     hook: Any
+    train_dtype: torch.dtype | None = None
+    """Autocast dtype for training steps; precision auto keeps fp32 where reduced precision trains slower."""
+    precision_note: str = ""
     image_loaders: tuple[DataLoader, DataLoader] | None = None
     cache: bool = False
     cache_note: str = ""
@@ -90,7 +94,21 @@ def build(recipe: Recipe, catalog: Catalog) -> Run:
               freeze_plan=plan, optimizer=optimizer, schedule=schedule, train_loader=train_loader,
               val_loader=val_loader, hook=catalog.pm.hook)
     run.cache, run.cache_note = _cache_decision(run)
+    run.train_dtype, run.precision_note = _training_precision(run)
     return run
+
+
+def _training_precision(run: Run) -> tuple[torch.dtype | None, str]:
+    """The training autocast dtype: as set, or under precision auto the faster of fp32 and reduced precision."""
+    dtype = run.autocast_dtype
+    name = lambda d: str(d).replace("torch.", "") if d else "fp32"  # noqa: E731
+    if run.recipe.settings.precision != "auto" or dtype is None or run.cache:
+        return dtype, f"train {name(dtype)}, eval {name(dtype)}"
+    size = run.backbone.preprocess.size
+    batch = torch.randn(run.data.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    chosen, rates = faster_training_dtype(run.model, _to_device(run, batch), len(run.classes), dtype)
+    shown = ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
+    return chosen, f"train {name(chosen)} (measured img/s: {shown}), eval {name(dtype)}"
 
 
 def _cache_decision(run: Run) -> tuple[bool, str]:
@@ -111,10 +129,11 @@ def _cache_decision(run: Run) -> tuple[bool, str]:
     return False, f"off: not exact, {inexact} (cache: features caches augmented views)"
 
 
-def _autocast(run: Run):
-    if run.autocast_dtype is None:
+def _autocast(run: Run, train: bool = False):
+    dtype = run.train_dtype if train else run.autocast_dtype
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(run.device.type, dtype=run.autocast_dtype)
+    return torch.autocast(run.device.type, dtype=dtype)
 
 
 def _to_device(run: Run, inputs: torch.Tensor) -> torch.Tensor:
@@ -165,7 +184,7 @@ def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
     with grad:
         for batch, (images, labels) in enumerate(loader):
             images, labels = _to_device(run, images), labels.to(run.device, non_blocking=True)
-            with _autocast(run):
+            with _autocast(run, train):
                 logits = module(images)
                 loss = criterion(logits.float(), labels)
             if train:

@@ -29,7 +29,7 @@ class RichReport:
             f"[bold]{run.recipe.name}[/]: {len(run.data.train)} train / {len(run.data.val)} val images, "
             f"{len(run.classes)} classes; {trainable:,} of {total:,} parameters trainable; "
             f"{run.device} {dtype}; {s.epochs} epochs -> {run.folder}")
-        self.console.print(f"feature cache: {run.cache_note}", highlight=False)
+        self.console.print(f"precision: {run.precision_note}; feature cache: {run.cache_note}", highlight=False)
         self.table = Table(title=None, show_edge=False)
         for column in ("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "s", "img/s", ""):
             self.table.add_column(column, justify="right")
