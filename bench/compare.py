@@ -1,6 +1,6 @@
 """Side-by-side benchmark: the tutorial's reference loop and runner's recipes on the same data, in one run.
 
-    python bench/compare.py                      # extract and finetune, 25 epochs, the ants/bees images
+    python bench/compare.py                      # extract, finetune (25 epochs) and finetune_fast, ants/bees
     python bench/compare.py --methods extract --scale 1,2,4   # and how the extract recipe grows with the set
     python bench/compare.py --quick              # seconds: 1 epoch on a small generated set (CI smoke)
 
@@ -51,15 +51,17 @@ def reference(method: str, data: Path, epochs: int, backbone: str) -> dict:
     return {"best_val_acc": result["best_val_acc"], "wall_s": wall, "peak_mib": rss}
 
 
-def ours(recipe: str, data: Path, epochs: int, overrides: list[str]) -> dict:
+def ours(recipe: str, data: Path, epochs: int | None, overrides: list[str]) -> dict:
+    """A recipe run to the end (its own epochs when ``epochs`` is None), with a cold feature cache."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, RUNNER_DATA_PATH=str(data.parent), RUNNER_CACHE_DIR=str(Path(tmp) / "cache"))
-        cmd = [sys.executable, "-m", "runner", "run", recipe, "--set", f"epochs={epochs}",
+        cmd = [sys.executable, "-m", "runner", "run", recipe, *(["--set", f"epochs={epochs}"] if epochs else []),
                "--set", f"dataset.root={data.name}", "--set", f"output={tmp}/runs", *sum([["--set", o] for o in overrides], [])]
         wall, rss, _ = timed(cmd, env)
         (summary_file,) = Path(tmp, "runs").glob("*/summary.json")
         summary = json.loads(summary_file.read_text())
-    return {"best_val_acc": summary["best_val_acc"], "wall_s": wall, "peak_mib": rss, "cache": summary["cache"]}
+    return {"best_val_acc": summary["best_val_acc"], "wall_s": wall, "peak_mib": rss, "cache": summary["cache"],
+            "epochs": summary["epochs_run"]}
 
 
 def count_images(data: Path) -> tuple[int, int]:
@@ -101,7 +103,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--epochs", type=int, default=25)
-    p.add_argument("--methods", default="extract,finetune")
+    p.add_argument("--methods", default="extract,finetune,finetune_fast",
+                   help="our recipes; each is timed against the tutorial loop of its method (extract or finetune)")
     p.add_argument("--scale", default="", help="comma-separated multiples of the training set for the extract recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="override for our recipes")
     p.add_argument("--quick", action="store_true", help="1 epoch on a small generated set")
@@ -115,10 +118,14 @@ def main() -> None:
         data = tiny_data(Path(tmp)) if args.quick else args.data
         epochs = 1 if args.quick else args.epochs
         n_train, n_val = count_images(data)
+        references: dict[str, dict] = {}
         for method in args.methods.split(","):
-            ref = reference(method, data, epochs, "lite0")
-            rows.append({"method": method, "who": "tutorial loop", "images": n_train, **ref})
-            mine = ours(f"recipes/{method}.yaml", data, epochs, args.overrides)
+            mode = "extract" if method.startswith("extract") else "finetune"  # the tutorial method it is held to
+            if mode not in references:
+                references[mode] = ref = reference(mode, data, epochs, "lite0")
+                rows.append({"method": mode, "who": "tutorial loop", "images": n_train, **ref})
+            ref = references[mode]
+            mine = ours(f"recipes/{method}.yaml", data, None if method.endswith("_fast") else epochs, args.overrides)
             rows.append({"method": method, "who": f"runner {method}.yaml", "images": n_train, **mine,
                          "vs_reference": mine["wall_s"] / ref["wall_s"]})
         for times in [int(t) for t in args.scale.split(",") if t]:
@@ -126,7 +133,7 @@ def main() -> None:
             mine = ours("recipes/extract.yaml", big, epochs, args.overrides)
             rows.append({"method": f"extract x{times}", "who": "runner extract.yaml", "images": n_train * times, **mine})
     for row in rows:
-        row["images_per_s"] = (row["images"] + n_val) * epochs / row["wall_s"]
+        row["images_per_s"] = (row["images"] + n_val) * row.get("epochs", epochs) / row["wall_s"]
     table = Table("method", "who", "train images", "wall s", "img/s", "best val acc", "peak MiB", "x reference")
     for r in rows:
         table.add_row(r["method"], r["who"], str(r["images"]), f"{r['wall_s']:.1f}", f"{r['images_per_s']:.0f}",

@@ -106,7 +106,9 @@ def _training_precision(run: Run) -> tuple[torch.dtype | None, str]:
         return dtype, f"train {name(dtype)}, eval {name(dtype)}"
     size = run.backbone.preprocess.size
     batch = torch.randn(run.data.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
-    chosen, rates = faster_training_dtype(run.model, _to_device(run, batch), len(run.classes), dtype)
+    ever = {id(p) for group in run.freeze_plan.groups for p in group["params"]}
+    trainable = {n for n, p in run.model.named_parameters() if id(p) in ever}
+    chosen, rates = faster_training_dtype(run.model, _to_device(run, batch), len(run.classes), dtype, trainable)
     shown = ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
     return chosen, f"train {name(chosen)} (measured img/s: {shown}), eval {name(dtype)}"
 

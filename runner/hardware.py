@@ -62,7 +62,8 @@ def _train_rate(model: torch.nn.Module, batch: torch.Tensor, classes: int, dtype
     return steps * batch.shape[0] / (time.perf_counter() - started)
 
 
-def faster_training_dtype(model: torch.nn.Module, batch: torch.Tensor, classes: int, dtype) -> tuple:
+def faster_training_dtype(model: torch.nn.Module, batch: torch.Tensor, classes: int, dtype,
+                          trainable: set[str] | None = None) -> tuple:
     """``dtype`` or None (fp32), whichever trains ``model`` faster here, and both rates.
 
     Reduced precision is not always faster to train: on AVX-512 BF16 CPUs bf16 autocast runs resnet18 about 3x
@@ -71,6 +72,9 @@ def faster_training_dtype(model: torch.nn.Module, batch: torch.Tensor, classes: 
     import copy
 
     probe = copy.deepcopy(model)
+    if trainable is not None:  # every parameter the run will train, also those a policy unfreezes later
+        for name, param in probe.named_parameters():
+            param.requires_grad_(name in trainable)
     fp32 = _train_rate(probe, batch, classes, None)
     reduced = _train_rate(probe, batch, classes, dtype)
     return (dtype if reduced > fp32 else None), {"fp32": fp32, str(dtype).replace("torch.", ""): reduced}
