@@ -88,6 +88,7 @@ def _fingerprint(model: nn.Module, dataset, parts: list) -> str | None:
                  if tensor.numel() else b"")
     h.update(repr(parts).encode())
     h.update(repr(getattr(dataset, "transform", None)).encode())
+    h.update(repr(getattr(dataset, "loader", None)).encode())
     for path, label in files:
         stat = os.stat(path)
         h.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

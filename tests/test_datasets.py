@@ -8,6 +8,7 @@ import threading
 import zipfile
 
 import pytest
+import torch
 
 from conftest import make_imagefolder
 from runner.components import Preprocess
@@ -85,3 +86,17 @@ def test_missing_split_empty_split_and_class_mismatch(tmp_path, imagefolder):
     make_imagefolder(imagefolder, classes=("cats", "cows"), per_split=(0, 2))
     with pytest.raises(RunnerError, match=r"only in train: \['dogs'\], only in val: \['cows'\]"):
         build(imagefolder, tmp_path)
+
+
+def test_preloaded_images_are_decoded_once_and_give_the_same_val_tensors(tmp_path):
+    data = make_imagefolder(tmp_path / "big", per_split=(3, 3), size=(120, 90))
+    plain = build(data, tmp_path, preload=False, augment="none")
+    kept = build(data, tmp_path, preload=True, augment="none")
+    for i in range(len(plain.val)):
+        assert torch.equal(plain.val[i][0], kept.val[i][0])
+        assert torch.equal(plain.train[i][0], kept.train[i][0])
+    loader = kept.val.loader
+    assert len(loader.images) == len(kept.val)
+    first = loader(kept.val.samples[0][0])
+    assert first is loader(kept.val.samples[0][0]) and min(first.size) == 36  # kept downsized to the resize
+    assert build(data, tmp_path, preload="auto").train.loader.shorter == 72  # 2x the resize when augmenting
