@@ -77,8 +77,9 @@ def list_(kind: Annotated[Optional[str], typer.Argument(help="one kind: datasets
             column.no_wrap = True
         for k in kinds:
             for name in catalog.names(k):
-                entry = catalog.entries[k][name]
-                table.add_row(KIND_TITLES.get(k, k), name, entry.plugin, entry.component.summary)
+                for entry in catalog.clashes[k].get(name) or [catalog.entries[k][name]]:
+                    shown = f"{entry.plugin}:{name}" if name in catalog.clashes[k] else name
+                    table.add_row(KIND_TITLES.get(k, k), shown, entry.plugin, entry.component.summary)
         console.print(table)
 
 
@@ -96,7 +97,7 @@ def show(kind: Annotated[str, typer.Argument(help="component kind")],
         k = _kind(kind)
         catalog = _catalog()
         component = catalog.get(k, name)
-        console.print(f"[bold]{KIND_TITLES.get(k, k)} {name}[/] ({catalog.entries[k][name].plugin}): "
+        console.print(f"[bold]{KIND_TITLES.get(k, k)} {name}[/] ({catalog.entry(k, name).plugin}): "
                       f"{component.summary}")
         table = Table("parameter", "type", "default", "help")
         for field, info in component.params.model_fields.items():

@@ -64,7 +64,8 @@ def _register(plugins: Plugins, name: str, source: str, load, strict: bool) -> N
             raise
         plugins.info[name] = PluginInfo(name, source)
     except Exception as exc:  # a broken plugin: name it, keep the rest
-        message = f"plugin {name} ({source}) failed to load: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        message = f"plugin {name} ({source}) failed to load: {type(exc).__name__}: {detail}"
         if strict:
             raise RunnerError(message) from None
         plugins.info[name] = PluginInfo(name, source, message)
@@ -90,12 +91,21 @@ def plugin_manager(extra: list[str] | tuple[str, ...] = (), strict: bool = False
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.value
             _register(plugins, ep.name, dist, ep.load, strict)
+    files: set[Path] = set()
     for ref in extra:
         path = Path(ref)
         if ref.endswith(".py") or path.exists():
             if not path.is_file():
                 raise RunnerError(f"plugin file {ref} does not exist")
-            _register(plugins, path.stem, str(path), lambda p=path: _load_file(p), strict)
+            if path.resolve() in files:  # named twice (--plugin and a recipe's plugins:): loaded once
+                continue
+            files.add(path.resolve())
+            name = path.stem
+            for n in range(2, 1000):  # another file of the same name elsewhere
+                if name not in plugins.info:
+                    break
+                name = f"{path.stem}-{n}"
+            _register(plugins, name, str(path), lambda p=path: _load_file(p), strict)
         else:
             _register(plugins, ref, "module", lambda r=ref: importlib.import_module(r), strict)
     return plugins
@@ -120,7 +130,7 @@ class Catalog:
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.clashes: dict[str, dict[str, list[Entry]]] = {kind: {} for kind in KINDS}
         for kind in KINDS:
-            for impl in getattr(self.pm.hook, HOOK_OF_KIND[kind]).get_hookimpls()[::-1]:  # registration order
+            for impl in getattr(self.pm.hook, HOOK_OF_KIND[kind]).get_hookimpls():  # in registration order
                 try:
                     components = impl.function() or []
                 except Exception as exc:

@@ -92,8 +92,10 @@ TEST_BODIES = {
     assert data.classes == ["a", "b"] and len(data.train) == 32''',
     "freeze": '''    import torch
     from runner.components import Backbone
-    backbone = Backbone(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)))
-    backbone.head = backbone.model[2]
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    backbone = Backbone(model)
+    backbone.head = model[3]
     plan = catalog.get("freeze", "{component}").build(catalog.get("freeze", "{component}").params(), backbone)
     assert plan.groups[0]["params"]''',
     "optimizer": '''    import torch
