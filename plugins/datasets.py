@@ -41,7 +41,7 @@ def image_transforms(pre: Preprocess, augment: str) -> tuple[transforms.Compose,
     """Train and val transforms from the backbone's preprocessing: nothing here is hard-coded per model."""
     interp = transforms.InterpolationMode(pre.interpolation)
     tail = [transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)]
-    val = transforms.Compose([transforms.Resize(pre.resize, interpolation=interp), transforms.CenterCrop(pre.size), *tail])
+    val = pre.eval_transform()
     if augment == "none":
         return val, val
     train = transforms.Compose([transforms.RandomResizedCrop(pre.size, interpolation=interp),

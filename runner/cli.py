@@ -39,6 +39,12 @@ def handled():
     except KeyboardInterrupt:
         errors.print("interrupted")
         raise typer.Exit(130) from None
+    except Exception as exc:
+        from runner.engine import RunInterrupted
+        if not isinstance(exc, RunInterrupted) or state["debug"]:
+            raise
+        errors.print(f"interrupted: {exc}; continue with: runner resume {exc.folder}", soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
 
 
 @app.callback()
@@ -152,27 +158,161 @@ def validate(recipe: Annotated[str, typer.Argument(help="recipe file or packaged
 
 
 @app.command()
-def run(recipe: Annotated[str, typer.Argument(help="recipe file or packaged recipe name (e.g. extract)")],
-        set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value); repeatable")] = []):
-    """Train a recipe; writes a run folder with the resolved recipe, metrics and best weights."""
+def run(recipe: Annotated[Optional[str], typer.Argument(help="recipe file or packaged recipe name (e.g. extract)")] = None,
+        set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value); repeatable")] = [],
+        resume: Annotated[Optional[str], typer.Option("--resume", help="run folder to continue from its last.pt")] = None):
+    """Train a recipe; writes a run folder with the resolved recipe, metrics, checkpoints and pictures."""
+    with handled():
+        if resume:
+            if recipe or set_:
+                raise RunnerError("--resume continues a run folder as it was: give no recipe and no --set")
+            _train(None, [], resume)
+        elif recipe is None:
+            raise RunnerError("runner run needs a recipe (a file or a packaged name such as extract) or --resume")
+        else:
+            _train(recipe, set_, None)
+
+
+@app.command("resume")
+def resume_(folder: Annotated[str, typer.Argument(help="run folder holding last.pt")]):
+    """Continue an interrupted run from its last finished epoch."""
+    with handled():
+        _train(None, [], folder)
+
+
+def _train(recipe: str | None, overrides: list[str], resume: str | None) -> None:
+    from pathlib import Path
+
     from runner import engine, recipe as recipes
     from runner.report import RichReport
+
+    made: dict = {}
+
+    def catalog_for(loaded_recipe):
+        made["catalog"] = _catalog(loaded_recipe)
+        return made["catalog"]
+
+    if resume:
+        folder = Path(resume)
+        state = engine.read_last(folder)
+        loaded = recipes.load(folder / "recipe.yaml", [], catalog_for, origin=Path(state["recipe_path"]))
+    else:
+        loaded = recipes.load(recipe, overrides, catalog_for)
+    catalog = made["catalog"]
+    run_ = engine.build(loaded, catalog)
+    report = RichReport(console)
+    catalog.pm.register(report, name="runner.report")
+    try:
+        engine.fit(run_, Path(resume) if resume else None)
+    finally:
+        report.stop()
+
+
+@app.command()
+def predict(model: Annotated[str, typer.Argument(help="run folder or checkpoint file")],
+            paths: Annotated[list[str], typer.Argument(help="image files or folders")],
+            top: Annotated[int, typer.Option(help="classes to show per image")] = 3,
+            as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+            as_csv: Annotated[bool, typer.Option("--csv", help="CSV instead of a table")] = False,
+            batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 32):
+    """Classify images with a trained model, through the checkpoint's own preprocessing."""
+    from runner import inference
     with handled():
-        made: dict = {}
+        trained = inference.load_trained(model, _catalog())
+        rows = inference.predict_files(trained, inference.image_files(paths), top, batch_size)
+        if as_json:
+            import json
+            for row in rows:
+                print(json.dumps(row))
+        elif as_csv:
+            import csv
+            writer = csv.writer(sys.stdout)
+            writer.writerow(["file", "class", "probability", "top"])
+            for row in rows:
+                writer.writerow([row["file"], row.get("class", ""), row.get("probability", ""),
+                                 " ".join(f"{c}:{p:.4f}" for c, p in row.get("top", [])) or row.get("error", "")])
+        else:
+            table = Table("file", "class", "probability", f"top {top}")
+            for row in rows:
+                if "error" in row:
+                    table.add_row(row["file"], Text(row["error"], style="red"), "", "")
+                else:
+                    table.add_row(row["file"], row["class"], f"{row['probability']:.4f}",
+                                  ", ".join(f"{c} {p:.3f}" for c, p in row["top"]))
+            console.print(table)
 
-        def catalog_for(loaded_recipe):
-            made["catalog"] = _catalog(loaded_recipe)
-            return made["catalog"]
 
-        loaded = recipes.load(recipe, set_, catalog_for)
-        catalog = made["catalog"]
-        run_ = engine.build(loaded, catalog)
-        report = RichReport(console)
-        catalog.pm.register(report, name="runner.report")
-        try:
-            engine.fit(run_)
-        finally:
-            report.stop()
+@app.command()
+def evaluate(run_folder: Annotated[str, typer.Argument(help="run folder (or checkpoint file)")],
+             split: Annotated[str, typer.Option(help="split of the recipe's dataset: val or train")] = "val",
+             data: Annotated[Optional[str], typer.Option(help="a folder of class folders to evaluate instead")] = None,
+             as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False):
+    """Accuracy, per-class precision/recall/F1, confusion matrix (table and confusion.png), worst mistakes."""
+    from pathlib import Path
+
+    from runner import inference
+    with handled():
+        trained = inference.load_trained(run_folder, _catalog())
+        folder = Path(data) if data else _split_folder(trained, split)
+        files, labels = inference.labelled_files(folder, trained.classes)
+        result = inference.evaluate(trained, files, labels)
+        out = trained.folder / "confusion.png"
+        inference.plot_confusion(result, out)
+        if as_json:
+            import json
+            print(json.dumps(result))
+            return
+        console.print(f"[bold]accuracy {result['accuracy']:.4f}[/] on {result['images']} images of {folder}")
+        table = Table("class", "precision", "recall", "F1", "support")
+        for row in result["per_class"]:
+            table.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+                          str(row["support"]))
+        console.print(table)
+        matrix = Table("true \\ predicted", *result["classes"])
+        for name, counts in zip(result["classes"], result["confusion"]):
+            matrix.add_row(name, *[str(c) for c in counts])
+        console.print(matrix)
+        if result["most_confident_wrong"]:
+            wrong = Table("most confidently wrong", "true", "predicted", "probability")
+            for w in result["most_confident_wrong"]:
+                wrong.add_row(w["file"], w["true"], w["predicted"], f"{w['probability']:.4f}")
+            console.print(wrong)
+        console.print(f"confusion matrix picture: {out}")
+
+
+def _split_folder(trained, split: str):
+    """The folder of a split of the checkpoint recipe's dataset (datasets with root/train/val folders)."""
+    from runner.datafiles import find_root
+    dataset = trained.recipe["dataset"]
+    if "root" not in dataset or split not in dataset:
+        raise RunnerError(f"the recipe's dataset '{dataset.get('name')}' has no {split} folder: use --data FOLDER")
+    root = find_root(dataset["root"], trained.recipe_path.parent, None)
+    return root / dataset[split]
+
+
+@app.command("export")
+def export_(run_folder: Annotated[str, typer.Argument(help="run folder (or checkpoint file)")],
+            format: Annotated[str, typer.Option("--format", help="torchscript or onnx")] = "torchscript",
+            images: Annotated[Optional[str], typer.Option(help="folder of images for the check batch "
+                                                                "(default: the recipe's val split)")] = None,
+            out: Annotated[Optional[str], typer.Option(help="output file (default: in the run folder)")] = None):
+    """Write the model with its preprocessing metadata; check its outputs against eager PyTorch on real images."""
+    from pathlib import Path
+
+    import torch
+
+    from runner import inference
+    with handled():
+        if format not in ("torchscript", "onnx"):
+            raise RunnerError(f"--format {format}: expected torchscript or onnx{did_you_mean(format, ['torchscript', 'onnx'])}")
+        trained = inference.load_trained(run_folder, _catalog(), device="cpu")
+        files = inference.image_files([images] if images else [str(_split_folder(trained, "val"))])[:8]
+        transform = trained.preprocess.eval_transform()
+        from torchvision.datasets.folder import default_loader
+        batch = torch.stack([transform(default_loader(str(f))) for f in files])
+        target = Path(out) if out else trained.folder / ("model.torchscript.pt" if format == "torchscript" else "model.onnx")
+        diff = inference.export(trained, batch, format, target)
+        console.print(f"wrote {target}; max abs difference to eager PyTorch on {len(files)} real images: {diff:.2e}")
 
 
 def entry() -> None:

@@ -45,6 +45,15 @@ class Preprocess:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
 
+    def eval_transform(self):
+        """Resize, center crop, tensor, normalise: how val, predict and evaluate see an image."""
+        from torchvision import transforms
+
+        interp = transforms.InterpolationMode(self.interpolation)
+        return transforms.Compose([transforms.Resize(self.resize, interpolation=interp),
+                                   transforms.CenterCrop(self.size), transforms.ToTensor(),
+                                   transforms.Normalize(self.mean, self.std)])
+
 
 def replace_last_linear(model: nn.Module, num_classes: int) -> nn.Module:
     """Swap the model's last ``nn.Linear`` (in registration order) for a fresh one with ``num_classes`` outputs.

@@ -25,6 +25,16 @@ from runner.recipe import Recipe, validate_components
 from runner.runfolder import new_run_folder, save_json, save_torch, save_yaml
 
 
+class RunInterrupted(Exception):
+    """Ctrl-C during training: ``last.pt`` holds the last finished epoch; the CLI exits 130."""
+
+    exit_code = 130
+
+    def __init__(self, folder: Path, epoch: int):
+        self.folder, self.epoch = folder, epoch
+        super().__init__(f"interrupted during epoch {epoch}; last.pt holds epoch {epoch - 1}")
+
+
 @dataclass
 class Run:
     """Everything a training run is made of; lifecycle hooks receive it."""
@@ -73,7 +83,7 @@ def build(recipe: Recipe, catalog: Catalog) -> Run:
     device = resolve_device(settings.device)
 
     backbone: Backbone = component["backbone"].build(params["backbone"])
-    data: Data = component["dataset"].build(params["dataset"], backbone.preprocess, recipe.path.parent.resolve())
+    data: Data = component["dataset"].build(params["dataset"], backbone.preprocess, recipe.base_dir)
     backbone.replace_head(len(data.classes))
     model = backbone.model.to(device)
     if recipe.settings.channels_last:
@@ -211,6 +221,27 @@ def _after_unfreeze(run: Run) -> None:
         run.cache_note += f"; off from epoch {run.epoch} (the backbone trains)"
 
 
+def _generators(run: Run) -> list[torch.Generator]:
+    """The shuffling generators of the training loaders in use and held back (cached and image loaders)."""
+    loaders = [run.train_loader, *(run.image_loaders[:1] if run.image_loaders else [])]
+    return [loader.generator for loader in loaders if loader.generator is not None]
+
+
+def last_state(run: Run, epoch: int) -> dict[str, Any]:
+    """What last.pt holds: everything to continue after ``epoch`` as if never stopped (weights-only loadable)."""
+    scheduler = run.schedule.scheduler
+    return {
+        **checkpoint(run, epoch, run.best["val_acc"]),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "best": dict(run.best),
+        "rng": torch.get_rng_state(),
+        "generators": [g.get_state() for g in _generators(run)],
+        "train_dtype": str(run.train_dtype) if run.train_dtype else None,
+        "plugin_state": run.plugin_state,
+    }
+
+
 def checkpoint(run: Run, epoch: int, val_acc: float) -> dict[str, Any]:
     """What best.pt holds: weights plus all needed to use them, loadable with ``weights_only=True``."""
     return {
@@ -218,22 +249,79 @@ def checkpoint(run: Run, epoch: int, val_acc: float) -> dict[str, Any]:
         "classes": list(run.classes),
         "preprocess": dataclasses.asdict(run.backbone.preprocess),
         "recipe": run.resolved,
+        "recipe_path": str(run.recipe.origin or run.recipe.path.resolve()),
         "epoch": epoch,
         "val_acc": val_acc,
     }
 
 
-def fit(run: Run) -> dict[str, Any]:
-    """Train for the recipe's epochs, validating each; keep and save the best val accuracy's weights."""
+def read_last(folder: Path) -> dict[str, Any]:
+    """``folder/last.pt``, or a RunnerError saying why it cannot be resumed."""
+    path = Path(folder) / "last.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunnerError(f"{path}: no last.pt to resume from (the run stopped before its first epoch ended?)") from None
+    except Exception as exc:
+        raise RunnerError(f"{path}: cannot be loaded: {str(exc).splitlines()[0]}") from None
+    return state
+
+
+def _restore(run: Run, state: dict[str, Any]) -> int:
+    """Put the run where ``state`` (last.pt) left it; returns the next epoch."""
+    for epoch in range(1, state["epoch"] + 1):  # replay the freeze schedule: requires_grad, BatchNorm, loaders
+        run.epoch = epoch
+        if run.freeze_plan.on_epoch is not None and run.freeze_plan.on_epoch(epoch):
+            _after_unfreeze(run)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.schedule.scheduler is not None and state["scheduler"] is not None:
+        run.schedule.scheduler.load_state_dict(state["scheduler"])
+    run.best = dict(state["best"])
+    run.plugin_state = state["plugin_state"]
+    run.train_dtype = getattr(torch, state["train_dtype"].replace("torch.", "")) if state["train_dtype"] else None
+    torch.set_rng_state(state["rng"])
+    for generator, saved in zip(_generators(run), state["generators"]):
+        generator.set_state(saved)
+    return state["epoch"] + 1
+
+
+def fit(run: Run, resume: Path | None = None) -> dict[str, Any]:
+    """Train for the recipe's epochs, validating each; keep and save the best val accuracy's weights.
+
+    Each epoch ends by writing ``last.pt``; ``resume`` (a run folder) continues from it. Ctrl-C raises
+    :class:`RunInterrupted` after the run folder is consistent.
+    """
     settings = run.recipe.settings
-    run.folder = new_run_folder(Path(settings.output), run.recipe.name)
-    save_yaml(run.resolved, run.folder / "recipe.yaml")
+    if resume is None:
+        run.folder = new_run_folder(Path(settings.output), run.recipe.name)
+        save_yaml(run.resolved, run.folder / "recipe.yaml")
+    else:
+        run.folder = Path(resume)
     started = time.perf_counter()
-    best_state = None
     if run.cache:
         run.cache_note += "; features " + use_cached_features(run)
+    first = _restore(run, read_last(run.folder)) if resume is not None else 1
     run.hook.runner_run_start(run=run)
-    for epoch in range(1, settings.epochs + 1):
+    try:
+        _epochs(run, first)
+    except KeyboardInterrupt:
+        raise RunInterrupted(run.folder, run.epoch) from None
+    best_state = torch.load(run.folder / "best.pt", map_location="cpu", weights_only=True)
+    run.model.load_state_dict(best_state["model"])
+    summary = {"recipe": run.recipe.name, "best_val_acc": run.best["val_acc"], "best_epoch": run.best["epoch"],
+               "epochs": settings.epochs, "epochs_run": run.epoch, "stopped": run.stop,
+               "wall_s": round(time.perf_counter() - started, 2), "folder": str(run.folder),
+               "classes": list(run.classes), "cache": run.cache_note, "precision": run.precision_note,
+               "resumed_at": first if resume is not None else None}
+    save_json(summary, run.folder / "summary.json")
+    run.hook.runner_run_end(run=run, summary=summary)
+    return summary
+
+
+def _epochs(run: Run, first: int) -> None:
+    settings = run.recipe.settings
+    for epoch in range(first, settings.epochs + 1):
         run.epoch = epoch
         if run.freeze_plan.on_epoch is not None and run.freeze_plan.on_epoch(epoch):
             _after_unfreeze(run)
@@ -251,15 +339,15 @@ def fit(run: Run) -> dict[str, Any]:
         }
         if improved:
             run.best = {"val_acc": val["acc"], "epoch": epoch}
-            best_state = checkpoint(run, epoch, val["acc"])
-            save_torch(best_state, run.folder / "best.pt")
+            save_torch(checkpoint(run, epoch, val["acc"]), run.folder / "best.pt")
         run.hook.runner_epoch_end(run=run, epoch=epoch, metrics=metrics)
+        save_torch(last_state(run, epoch), run.folder / "last.pt")
         if run.stop:
             break
-    run.model.load_state_dict(best_state["model"])
-    summary = {"recipe": run.recipe.name, "best_val_acc": run.best["val_acc"], "best_epoch": run.best["epoch"],
-               "epochs": settings.epochs, "epochs_run": run.epoch, "stopped": run.stop, "wall_s": round(time.perf_counter() - started, 2),
-               "folder": str(run.folder), "classes": list(run.classes), "cache": run.cache_note}
-    save_json(summary, run.folder / "summary.json")
-    run.hook.runner_run_end(run=run, summary=summary)
-    return summary
+
+
+def predict(run: Run, images: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (on the CPU, fp32) for a batch of preprocessed images, in eval mode."""
+    run.model.eval()
+    with torch.inference_mode(), _autocast(run):
+        return run.model(_to_device(run, images)).float().softmax(1).cpu()

@@ -28,6 +28,7 @@ BUILTIN_PLUGINS = (
     "runner_plugins.optim",
     "runner_plugins.metrics_log",
     "runner_plugins.early_stopping",
+    "runner_plugins.pictures",
 )
 ENTRY_POINT_GROUP = "runner"
 

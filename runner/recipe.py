@@ -68,6 +68,12 @@ class Recipe:
     raw: dict[str, Any]
     positions: dict[str, Where] = field(default_factory=dict)
     params: dict[str, Params] = field(default_factory=dict)
+    origin: Path | None = None
+    """The recipe file a run folder's recipe.yaml was resolved from (relative paths stay relative to it)."""
+
+    @property
+    def base_dir(self) -> Path:
+        return (self.origin or self.path).resolve().parent
 
     @property
     def name(self) -> str:
@@ -77,7 +83,7 @@ class Recipe:
         """The recipe's ``plugins:``, file paths made relative to the recipe's folder."""
         refs = []
         for ref in self.settings.plugins:
-            local = self.path.parent / ref
+            local = self.base_dir / ref
             refs.append(str(local) if ref.endswith(".py") or local.exists() else ref)
         return refs
 
@@ -220,7 +226,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
-def load(ref: str | Path, overrides: list[str] = (), catalog=None) -> Recipe:
+def load(ref: str | Path, overrides: list[str] = (), catalog=None, origin: Path | None = None) -> Recipe:
     """Read a recipe (path or packaged name), follow ``extends:``, apply overrides, validate the settings
     and, given the catalog (or a function of the loaded recipe that makes one, so a recipe's ``plugins:``
     count), every component section: all problems are reported at once."""
@@ -234,6 +240,7 @@ def load(ref: str | Path, overrides: list[str] = (), catalog=None) -> Recipe:
         data = merge(data, nested)
         positions[dotted] = Where(f"--set {text}")
     recipe, problems = _validate_settings(path, data, positions)
+    recipe.origin = origin
     if callable(catalog):
         catalog = catalog(recipe)
     if catalog is not None:

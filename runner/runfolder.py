@@ -46,6 +46,10 @@ def save_torch(obj: Any, path: Path) -> None:
     _atomic(path, lambda f: torch.save(obj, f))
 
 
+def save_bytes(data: bytes, path: Path) -> None:
+    _atomic(path, lambda f: f.write(data))
+
+
 def save_text(text: str, path: Path) -> None:
     _atomic(path, lambda f: f.write(text.encode("utf-8")))
 

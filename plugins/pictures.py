@@ -1,0 +1,115 @@
+"""Built-in lifecycle plugin: the pictures people look at, saved as PNG in the run folder (no window opens).
+
+``batch.png`` before training (one augmented training batch with its labels: what the model sees),
+``curves.png`` (loss, accuracy and learning rate per epoch) and ``predictions.png`` (val images with predicted and
+true labels, wrong ones in red) when the run ends. Images are de-normalised with the backbone's own mean and std.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from runner.hookspecs import hookimpl
+from runner.runfolder import save_bytes
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def denormalise(image: torch.Tensor, preprocess) -> torch.Tensor:
+    """A normalised CHW tensor back to an HWC image in [0, 1]."""
+    mean = torch.tensor(preprocess.mean).view(3, 1, 1)
+    std = torch.tensor(preprocess.std).view(3, 1, 1)
+    return (image.float() * std + mean).clamp(0, 1).permute(1, 2, 0)
+
+
+def _save(fig, path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    _pyplot().close(fig)
+    save_bytes(buffer.getvalue(), path)
+
+
+def image_grid(images, titles, colours, preprocess, path, title: str) -> None:
+    plt = _pyplot()
+    n = len(images)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, text, colour in zip(axes.flat, images, titles, colours):
+        ax.imshow(denormalise(image, preprocess).numpy())
+        ax.set_title(text, color=colour, fontsize=9)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def _items(dataset, count: int, seed: int):
+    """``count`` items spread over ``dataset``, drawn without touching the run's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        picks = torch.randperm(len(dataset))[:count].tolist()
+        return [dataset[i] for i in picks]
+
+
+@hookimpl
+def runner_run_start(run):
+    if run.epoch:  # a resumed run keeps the batch picture it started with
+        return
+    items = _items(run.data.train, min(16, len(run.data.train)), run.recipe.settings.seed)
+    titles = [run.classes[int(label)] for _, label in items]
+    image_grid([image for image, _ in items], titles, ["black"] * len(items), run.backbone.preprocess,
+               run.folder / "batch.png", "a training batch, augmented as the model sees it")
+
+
+def plot_curves(rows: list[dict], path) -> None:
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (loss, acc, lr) = plt.subplots(1, 3, figsize=(13, 3.5))
+    for key, style in (("train", "-o"), ("val", "-s")):
+        loss.plot(epochs, [r[f"{key}_loss"] for r in rows], style, label=key, markersize=3)
+        acc.plot(epochs, [r[f"{key}_acc"] for r in rows], style, label=key, markersize=3)
+    groups = len(rows[0]["lr"])
+    for g in range(groups):
+        lr.plot(epochs, [r["lr"][g] for r in rows], label=f"group {g}" if groups > 1 else "lr")
+    for ax, name in ((loss, "loss"), (acc, "accuracy"), (lr, "learning rate")):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    loss.legend()
+    acc.legend()
+    if groups <= 6:
+        lr.legend(fontsize=7)
+    _save(fig, path)
+
+
+@hookimpl
+def runner_run_end(run, summary):
+    metrics = run.folder / "metrics.jsonl"
+    if metrics.is_file():
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        if rows:
+            plot_curves(rows, run.folder / "curves.png")
+    from runner.engine import predict
+
+    items = _items(run.data.val, min(16, len(run.data.val)), run.recipe.settings.seed)
+    images = torch.stack([image for image, _ in items])
+    probs = predict(run, images)
+    titles, colours = [], []
+    for (_, label), p in zip(items, probs):
+        guess = int(p.argmax())
+        titles.append(f"{run.classes[guess]} {p[guess]:.2f}\n(true: {run.classes[int(label)]})")
+        colours.append("black" if guess == int(label) else "red")
+    image_grid(list(images), titles, colours, run.backbone.preprocess, run.folder / "predictions.png",
+               f"val predictions (best weights, epoch {summary['best_epoch']}); wrong in red")

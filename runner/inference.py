@@ -1,0 +1,232 @@
+"""Using a trained model: load it from a run folder or checkpoint, predict files, evaluate a split, export.
+
+The model is rebuilt from the recipe saved in the checkpoint (its backbone component, a head for its classes) and
+its weights loaded strictly; images go through the checkpoint's own preprocessing.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+
+from runner.components import Preprocess
+from runner.errors import RunnerError
+from runner.hardware import resolve_device, resolve_precision
+
+
+@dataclass
+class Trained:
+    model: nn.Module
+    classes: list[str]
+    preprocess: Preprocess
+    recipe: dict
+    recipe_path: Path
+    folder: Path
+    device: torch.device
+    dtype: torch.dtype | None
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            return self.model(images.to(self.device)).float().softmax(1).cpu()
+
+
+def load_trained(ref: str | Path, catalog, device: str = "auto") -> Trained:
+    """The model of a run folder (its best.pt) or of a checkpoint file, ready for inference."""
+    path = Path(ref)
+    file = path / "best.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise RunnerError(f"{ref}: no checkpoint (expected a run folder with best.pt, or a .pt file)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RunnerError(f"{file}: not a runner checkpoint: {str(exc).splitlines()[0]}") from None
+    if not isinstance(state, dict) or not {"model", "classes", "preprocess", "recipe"} <= set(state):
+        raise RunnerError(f"{file}: not a runner checkpoint (needs model, classes, preprocess and recipe)")
+    section = dict(state["recipe"]["backbone"])
+    component = catalog.get("backbone", section.pop("name"))
+    backbone = component.build(component.params.model_validate(section))
+    backbone.replace_head(len(state["classes"]))
+    try:
+        backbone.model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        raise RunnerError(f"{file}: weights do not fit the recipe's backbone: {str(exc).splitlines()[0]}") from None
+    target = resolve_device(device)
+    model = backbone.model.to(target).eval()
+    return Trained(model, list(state["classes"]), Preprocess(**state["preprocess"]), state["recipe"],
+                   Path(state.get("recipe_path", ".")), file.parent,
+                   target, resolve_precision(state["recipe"].get("precision", "auto"), target))
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The image files named, and those under the folders named, in a stable order."""
+    found: list[Path] = []
+    for ref in paths:
+        path = Path(ref)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise RunnerError(f"{ref}: no such file or folder")
+    if not found:
+        raise RunnerError(f"no images in {', '.join(paths)} (looked for {', '.join(IMG_EXTENSIONS)})")
+    return found
+
+
+class Files(Dataset):
+    def __init__(self, files: list[Path], transform, labels: list[int] | None = None):
+        self.files, self.transform, self.labels = files, transform, labels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            image = self.transform(default_loader(str(self.files[i])))
+            ok = True
+        except Exception:  # an unreadable file: reported, not fatal
+            image, ok = torch.zeros(3, 1, 1), False
+        return image, (self.labels[i] if self.labels else -1), ok
+
+
+def _batches(trained: Trained, dataset: Files, batch_size: int):
+    def collate(items):
+        good = [it for it in items if it[2]]
+        images = torch.stack([it[0] for it in good]) if good else None
+        return images, [it[1] for it in items], [it[2] for it in items]
+
+    yield from DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+
+
+def predict_files(trained: Trained, files: list[Path], top_k: int = 3, batch_size: int = 32) -> list[dict]:
+    """One row per file: predicted class, its probability, the top k; unreadable files get an error."""
+    rows, index = [], 0
+    for images, _, oks in _batches(trained, Files(files, trained.preprocess.eval_transform()), batch_size):
+        probs = iter(trained.probabilities(images)) if images is not None else iter(())
+        for ok in oks:
+            file = files[index]
+            index += 1
+            if not ok:
+                rows.append({"file": str(file), "error": "not a readable image"})
+                continue
+            p = next(probs)
+            values, indices = p.topk(min(top_k, len(trained.classes)))
+            rows.append({"file": str(file), "class": trained.classes[int(indices[0])], "probability": float(values[0]),
+                         "top": [[trained.classes[int(i)], float(v)] for v, i in zip(values, indices)]})
+    return rows
+
+
+def labelled_files(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """The images of an ImageFolder-style folder whose class folders match the checkpoint's classes."""
+    if not folder.is_dir():
+        raise RunnerError(f"{folder}: no such folder")
+    present = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    unknown = sorted(set(present) - set(classes))
+    if unknown:
+        raise RunnerError(f"{folder}: class folders {unknown} are not among the model's classes {classes}")
+    files, labels = [], []
+    for c, name in enumerate(classes):
+        if (folder / name).is_dir():
+            found = image_files([str(folder / name)]) if any((folder / name).iterdir()) else []
+            files += found
+            labels += [c] * len(found)
+    if not files:
+        raise RunnerError(f"{folder}: no images in its class folders")
+    return files, labels
+
+
+def evaluate(trained: Trained, files: list[Path], labels: list[int], batch_size: int = 32) -> dict:
+    """Accuracy, per-class precision/recall/F1, the confusion matrix and the most confidently wrong images."""
+    n = len(trained.classes)
+    confusion = torch.zeros(n, n, dtype=torch.long)
+    wrong, index, skipped = [], 0, []
+    for images, targets, oks in _batches(trained, Files(files, trained.preprocess.eval_transform(), labels),
+                                         batch_size):
+        probs = iter(trained.probabilities(images)) if images is not None else iter(())
+        for target, ok in zip(targets, oks):
+            file = files[index]
+            index += 1
+            if not ok:
+                skipped.append(str(file))
+                continue
+            p = next(probs)
+            guess = int(p.argmax())
+            confusion[target, guess] += 1
+            if guess != target:
+                wrong.append({"file": str(file), "true": trained.classes[target],
+                              "predicted": trained.classes[guess], "probability": float(p[guess])})
+    per_class = []
+    for c, name in enumerate(trained.classes):
+        tp = int(confusion[c, c])
+        precision = tp / max(int(confusion[:, c].sum()), 1)
+        recall = tp / max(int(confusion[c].sum()), 1)
+        f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+        per_class.append({"class": name, "precision": precision, "recall": recall, "f1": f1,
+                          "support": int(confusion[c].sum())})
+    total = int(confusion.sum())
+    return {"accuracy": int(confusion.diag().sum()) / max(total, 1), "images": total, "per_class": per_class,
+            "confusion": confusion.tolist(), "classes": trained.classes, "skipped": skipped,
+            "most_confident_wrong": sorted(wrong, key=lambda w: -w["probability"])[:10]}
+
+
+def plot_confusion(result: dict, path: Path) -> None:
+    from runner_plugins.pictures import _pyplot, _save  # the built-in pictures' matplotlib set-up
+
+    plt = _pyplot()
+    matrix = torch.tensor(result["confusion"])
+    n = len(result["classes"])
+    fig, ax = plt.subplots(figsize=(2 + 0.6 * n, 1.6 + 0.6 * n))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), result["classes"], rotation=45, ha="right")
+    ax.set_yticks(range(n), result["classes"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set_title(f"accuracy {result['accuracy']:.4f} on {result['images']} images")
+    _save(fig, path)
+
+
+def export(trained: Trained, batch: torch.Tensor, fmt: str, out: Path) -> float:
+    """Write the model as TorchScript or ONNX with its preprocessing; the max abs difference to eager on ``batch``."""
+    model = trained.model.float().eval()
+    cpu = torch.device("cpu")
+    model.to(cpu)
+    meta = json.dumps({"classes": trained.classes, "preprocess": trained.preprocess.__dict__})
+    with torch.inference_mode():
+        eager = model(batch)
+    if fmt == "torchscript":
+        with torch.no_grad():
+            traced = torch.jit.trace(model, batch)
+        buffer = __import__("io").BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={"runner.json": meta})
+        from runner.runfolder import save_bytes
+        save_bytes(buffer.getvalue(), out)
+        loaded = torch.jit.load(str(out))
+        with torch.inference_mode():
+            exported = loaded(batch)
+    else:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime
+        except ImportError:
+            raise RunnerError("ONNX export needs the onnx extra: pip install 'runner[onnx]' "
+                              "(onnx, onnxscript, onnxruntime)") from None
+        torch.onnx.export(model, (batch,), str(out), input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        model_proto = onnx.load(str(out))
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = "runner", meta
+        onnx.save(model_proto, str(out))
+        session = onnxruntime.InferenceSession(str(out))
+        exported = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+    return float((exported - eager).abs().max())
