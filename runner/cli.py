@@ -232,12 +232,15 @@ def predict(model: Annotated[str, typer.Argument(help="run folder or checkpoint 
                 writer.writerow([row["file"], row.get("class", ""), row.get("probability", ""),
                                  " ".join(f"{c}:{p:.4f}" for c, p in row.get("top", [])) or row.get("error", "")])
         else:
-            table = Table("file", "class", "probability", f"top {top}")
+            import os
+            base = os.path.commonpath([os.path.dirname(os.path.abspath(r["file"])) for r in rows])
+            table = Table(f"file (in {base})", "class", "probability", f"top {top}")
             for row in rows:
+                shown = os.path.relpath(os.path.abspath(row["file"]), base)
                 if "error" in row:
-                    table.add_row(row["file"], Text(row["error"], style="red"), "", "")
+                    table.add_row(shown, Text(row["error"], style="red"), "", "")
                 else:
-                    table.add_row(row["file"], row["class"], f"{row['probability']:.4f}",
+                    table.add_row(shown, row["class"], f"{row['probability']:.4f}",
                                   ", ".join(f"{c} {p:.3f}" for c, p in row["top"]))
             console.print(table)
 

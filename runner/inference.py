@@ -183,7 +183,7 @@ def plot_confusion(result: dict, path: Path) -> None:
     matrix = torch.tensor(result["confusion"])
     n = len(result["classes"])
     fig, ax = plt.subplots(figsize=(2 + 0.6 * n, 1.6 + 0.6 * n))
-    ax.imshow(matrix, cmap="Blues")
+    ax.imshow(matrix.numpy(), cmap="Blues")
     ax.set_xticks(range(n), result["classes"], rotation=45, ha="right")
     ax.set_yticks(range(n), result["classes"])
     ax.set_xlabel("predicted")
