@@ -52,6 +52,8 @@ class Run:
     train_loader: DataLoader
     val_loader: DataLoader
     hook: Any
+    compiled: nn.Module | None = None
+    """``torch.compile`` of the model when the recipe asks for it; it shares the model's parameters."""
     train_dtype: torch.dtype | None = None
     """Autocast dtype for training steps; precision auto keeps fp32 where reduced precision trains slower."""
     precision_note: str = ""
@@ -105,6 +107,8 @@ def build(recipe: Recipe, catalog: Catalog) -> Run:
               val_loader=val_loader, hook=catalog.pm.hook)
     run.cache, run.cache_note = _cache_decision(run)
     run.train_dtype, run.precision_note = _training_precision(run)
+    if settings.compile:
+        run.compiled = torch.compile(model)
     return run
 
 
@@ -157,7 +161,9 @@ def _to_device(run: Run, inputs: torch.Tensor) -> torch.Tensor:
 
 def _trained_module(run: Run) -> nn.Module:
     """What a batch goes through: the head alone on cached features, else the whole model."""
-    return run.backbone.head if run.cache else run.model
+    if run.cache:
+        return run.backbone.head
+    return run.compiled if run.compiled is not None else run.model
 
 
 def use_cached_features(run: Run) -> str:

@@ -43,6 +43,8 @@ class Settings(BaseModel):
         "auto", description="autocast dtype; auto: bf16 where the hardware runs it fast, else fp32"
     )
     channels_last: bool = Field(True, description="channels_last memory format for 4-d activations")
+    compile: bool = Field(False, description="torch.compile the model for training and validation (pays on "
+                                             "long runs: compiling takes a minute or more)")
     cache: Literal["auto", "off", "features"] = Field(
         "auto", description="train the head on cached trunk features: auto where that is exact, features always "
                             "(needs a frozen trunk), off never")

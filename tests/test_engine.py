@@ -131,3 +131,17 @@ def test_head_is_replaced_wherever_the_model_keeps_it(name, attr):
 def test_replace_last_linear_needs_a_linear():
     with pytest.raises(ValueError, match="no nn.Linear"):
         replace_last_linear(nn.Sequential(nn.Conv2d(3, 2, 1)), 2)
+
+
+def test_compiled_training_matches_eager(tmp_path, imagefolder):
+    """compile: true runs the same steps through torch.compile (slow to compile, so one small run)."""
+    losses = {}
+    for compiled in (False, True):
+        recipe = write_recipe(tmp_path / str(compiled), imagefolder, epochs=2, freeze="none", compile=compiled)
+        run = engine.build(load(recipe), load_catalog())
+        engine.fit(run)
+        assert (run.compiled is not None) == compiled
+        losses[compiled] = [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines()]
+    for eager, compiled in zip(losses[False], losses[True]):
+        assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
+        assert compiled["val_acc"] == eager["val_acc"]

@@ -446,3 +446,21 @@ def test_docs_first_plugin_works_as_written(tmp_path):
     assert result.exit_code == 0, result.output
     # the installed example package offers a "halve" too: then both are listed, each as plugin:name
     assert any("halve" in line and "my_plugin" in line for line in result.output.splitlines()), result.output
+
+
+# -- the TensorBoard plugin: registered through the entry-point group like a third-party one -----------------------
+
+def test_tensorboard_plugin_comes_from_an_entry_point_and_logs_the_epochs(tmp_path, imagefolder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    catalog = load_catalog()
+    assert catalog.plugins.info["tensorboard"].source.startswith("runner ")  # distribution and version
+    run = engine.build(load(write_recipe(tmp_path, imagefolder, epochs=2)), catalog)
+    engine.fit(run)
+    events = EventAccumulator(str(run.folder / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "val/acc", "lr/head"} <= set(tags)
+    assert [e.step for e in events.Scalars("val/acc")] == [1, 2]
+    lines = (run.folder / "metrics.jsonl").read_text().splitlines()
+    assert events.Scalars("val/acc")[1].value == pytest.approx(json.loads(lines[1])["val_acc"])
