@@ -89,7 +89,8 @@ class Freezer:
             groups.append({"name": name, "params": params, "lr_scale": scale})
         if not groups:
             raise RunnerError("the freeze policy leaves no parameter to train")
-        self.set_trainable({n for n in ever_trains if not any(n in self._names(g) for g in schedule)})
+        delayed = {n for group in schedule for n in self._names(group)}
+        self.set_trainable(ever_trains - delayed)
 
         def on_epoch(epoch: int) -> bool:
             starting = [g for g, first in schedule.items() if first == epoch]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import typing
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -139,8 +140,6 @@ def new_plugin(name: Annotated[str, typer.Argument(help="package name, e.g. runn
                kind: Annotated[str, typer.Option(help="backbone, dataset, freeze, optimizer, scheduler or hooks")] = "backbone",
                into: Annotated[str, typer.Option(help="folder to create the package in")] = "."):
     """Write a pip-installable plugin package: pyproject with the entry point, one component, one test."""
-    from pathlib import Path
-
     from runner.scaffold import new_plugin as scaffold
     with handled():
         root = scaffold(name, kind, Path(into))
@@ -181,8 +180,6 @@ def resume_(folder: Annotated[str, typer.Argument(help="run folder holding last.
 
 
 def _train(recipe: str | None, overrides: list[str], resume: str | None) -> None:
-    from pathlib import Path
-
     from runner import engine, recipe as recipes
     from runner.report import RichReport
 
@@ -251,13 +248,16 @@ def evaluate(run_folder: Annotated[str, typer.Argument(help="run folder (or chec
              data: Annotated[Optional[str], typer.Option(help="a folder of class folders to evaluate instead")] = None,
              as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False):
     """Accuracy, per-class precision/recall/F1, confusion matrix (table and confusion.png), worst mistakes."""
-    from pathlib import Path
-
     from runner import inference
     with handled():
-        trained = inference.load_trained(run_folder, _catalog())
-        folder = Path(data) if data else _split_folder(trained, split)
-        files, labels = inference.labelled_files(folder, trained.classes)
+        catalog = _catalog()
+        trained = inference.load_trained(run_folder, catalog)
+        if data:
+            folder = Path(data)
+            files, labels = inference.labelled_files(folder, trained.classes)
+        else:
+            folder = f"the recipe's {split} split"
+            files, labels = inference.recipe_split(trained, split, catalog)
         result = inference.evaluate(trained, files, labels)
         out = trained.folder / "confusion.png"
         inference.plot_confusion(result, out)
@@ -283,16 +283,6 @@ def evaluate(run_folder: Annotated[str, typer.Argument(help="run folder (or chec
         console.print(f"confusion matrix picture: {out}")
 
 
-def _split_folder(trained, split: str):
-    """The folder of a split of the checkpoint recipe's dataset (datasets with root/train/val folders)."""
-    from runner.datafiles import find_root
-    dataset = trained.recipe["dataset"]
-    if "root" not in dataset or split not in dataset:
-        raise RunnerError(f"the recipe's dataset '{dataset.get('name')}' has no {split} folder: use --data FOLDER")
-    root = find_root(dataset["root"], trained.recipe_path.parent, None)
-    return root / dataset[split]
-
-
 @app.command("export")
 def export_(run_folder: Annotated[str, typer.Argument(help="run folder (or checkpoint file)")],
             format: Annotated[str, typer.Option("--format", help="torchscript or onnx")] = "torchscript",
@@ -300,16 +290,16 @@ def export_(run_folder: Annotated[str, typer.Argument(help="run folder (or check
                                                                 "(default: the recipe's val split)")] = None,
             out: Annotated[Optional[str], typer.Option(help="output file (default: in the run folder)")] = None):
     """Write the model with its preprocessing metadata; check its outputs against eager PyTorch on real images."""
-    from pathlib import Path
-
     import torch
 
     from runner import inference
     with handled():
-        if format not in ("torchscript", "onnx"):
+        if format not in ("torchscript", "onnx"):  # checked before the model loads
             raise RunnerError(f"--format {format}: expected torchscript or onnx{did_you_mean(format, ['torchscript', 'onnx'])}")
-        trained = inference.load_trained(run_folder, _catalog(), device="cpu")
-        files = inference.image_files([images] if images else [str(_split_folder(trained, "val"))])[:8]
+        catalog = _catalog()
+        trained = inference.load_trained(run_folder, catalog, device="cpu")
+        files = inference.image_files([images]) if images else inference.recipe_split(trained, "val", catalog)[0]
+        files = files[:8]
         transform = trained.preprocess.eval_transform()
         from torchvision.datasets.folder import default_loader
         batch = torch.stack([transform(default_loader(str(f))) for f in files])

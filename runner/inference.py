@@ -123,6 +123,24 @@ def predict_files(trained: Trained, files: list[Path], top_k: int = 3, batch_siz
     return rows
 
 
+def recipe_split(trained: Trained, split: str, catalog) -> tuple[list[Path], list[int]]:
+    """The files and labels of a split of the checkpoint recipe's own dataset component.
+
+    Works for datasets that list their files as ``samples`` (ImageFolder and its kin); others need ``--data``.
+    """
+    if split not in ("train", "val"):
+        raise RunnerError(f"--split {split}: expected train or val")
+    section = dict(trained.recipe["dataset"])
+    component = catalog.get("dataset", section.pop("name"))
+    data = component.build(component.params.model_validate(section), trained.preprocess, trained.recipe_path.parent)
+    samples = getattr(getattr(data, split), "samples", None)
+    if samples is None:
+        raise RunnerError(f"the recipe's dataset does not list its {split} files: use --data FOLDER")
+    if list(data.classes) != trained.classes:
+        raise RunnerError(f"the recipe's dataset now has classes {data.classes}, the model {trained.classes}")
+    return [Path(path) for path, _ in samples], [int(label) for _, label in samples]
+
+
 def labelled_files(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     """The images of an ImageFolder-style folder whose class folders match the checkpoint's classes."""
     if not folder.is_dir():
