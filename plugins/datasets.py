@@ -8,12 +8,13 @@ from typing import Literal
 from PIL import Image
 from pydantic import Field
 from torchvision import datasets, transforms
-from torchvision.datasets.folder import default_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from runner.components import Component, Data, Params, Preprocess
 from runner.datafiles import find_root
 from runner.errors import RunnerError
 from runner.hookspecs import hookimpl
+from runner.images import BadImage, read_rgb, walk_files
 
 
 class ImageFolderParams(Params):
@@ -32,6 +33,9 @@ class ImageFolderParams(Params):
         "auto", description="decode each image once and keep it in memory, downsized to what the transforms need "
                             "(train: shorter side at most 2x the resize, val: the resize); auto: for sets of at "
                             "most 20,000 images")
+    bad_images: Literal["skip", "error"] = Field(
+        "skip", description="files that are not readable images (corrupt, truncated, empty, too large): skip them "
+                            "with a count in the summary, or stop with the list")
     augment: Literal["standard", "none"] = Field(
         "standard", description="standard: random resized crop + horizontal flip (the tutorial's); none: the val "
                                 "transform")
@@ -63,7 +67,7 @@ class MemoryLoader:
     def __call__(self, path: str) -> Image.Image:
         image = self.images.get(path)
         if image is None:
-            image = default_loader(path)
+            image = read_rgb(path)
             if min(image.size) > self.shorter:
                 mode = transforms.InterpolationMode(self.interpolation)
                 image = transforms.functional.resize(image, self.shorter, interpolation=mode)
@@ -74,14 +78,56 @@ class MemoryLoader:
         return f"MemoryLoader(shorter={self.shorter}, interpolation={self.interpolation})"
 
 
-def _split(root: Path, name: str, transform, loader=default_loader) -> datasets.ImageFolder:
+class ImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder, made robust: hidden folders are no classes, hidden files no images, symlink
+    loops are walked once, and every image is read as RGB whatever its mode."""
+
+    def __init__(self, root: str, transform=None, loader=read_rgb):
+        super().__init__(root, transform=transform, loader=loader, allow_empty=True)
+
+    def find_classes(self, directory):
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        if not classes:
+            raise FileNotFoundError(f"no class folders in {directory}")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        return [(str(path), index) for name, index in sorted(class_to_idx.items())
+                for path in walk_files(Path(directory) / name, IMG_EXTENSIONS)]
+
+
+def _split(root: Path, name: str, transform) -> ImageFolder:
     folder = root / name
     if not folder.is_dir():
         raise RunnerError(f"dataset split folder {folder} does not exist; expected {root}/{name}/<class>/<image>")
     try:
-        return datasets.ImageFolder(str(folder), transform=transform, loader=loader)
+        split = ImageFolder(str(folder), transform=transform)
     except FileNotFoundError as exc:
         raise RunnerError(f"dataset split {folder}: {exc}; expected one folder per class holding images") from None
+    if not split.samples:
+        raise RunnerError(f"dataset split {folder} has no images ({', '.join(IMG_EXTENSIONS)}); expected "
+                          f"{folder}/<class>/<image>")
+    return split
+
+
+def drop_bad_images(split: ImageFolder, policy: str) -> list[tuple[str, str]]:
+    """Check every image of ``split`` and drop the unreadable: decoded through a MemoryLoader (which keeps them,
+    so the check is the preload), else by header only."""
+    bad, good = [], []
+    check = split.loader if isinstance(split.loader, MemoryLoader) else (lambda p: read_rgb(p, decode=False))
+    for path, label in split.samples:
+        try:
+            check(path)
+            good.append((path, label))
+        except BadImage as exc:
+            bad.append((path, str(exc)))
+    if bad and policy == "error":
+        shown = "; ".join(f"{p}: {why}" for p, why in bad[:3])
+        raise RunnerError(f"{len(bad)} unreadable image(s) in {split.root} ({shown}{'; ...' if len(bad) > 3 else ''}); "
+                          "fix or remove them, or set dataset.bad_images: skip")
+    split.samples = split.imgs = good
+    split.targets = [label for _, label in good]
+    return bad
 
 
 def build_imagefolder(params: ImageFolderParams, preprocess: Preprocess, base_dir: Path) -> Data:
@@ -93,6 +139,11 @@ def build_imagefolder(params: ImageFolderParams, preprocess: Preprocess, base_di
         train.loader = MemoryLoader(2 * preprocess.resize if params.augment != "none" else preprocess.resize,
                                     preprocess.interpolation)
         val.loader = MemoryLoader(preprocess.resize, preprocess.interpolation)
+    bad = drop_bad_images(train, params.bad_images) + drop_bad_images(val, params.bad_images)
+    empty = [c for i, c in enumerate(train.classes) if i not in set(train.targets)]
+    if empty:
+        raise RunnerError(f"dataset {root / params.train}: class folder(s) {empty} hold no readable images; add "
+                          "images or remove the folders")
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
@@ -102,7 +153,7 @@ def build_imagefolder(params: ImageFolderParams, preprocess: Preprocess, base_di
     workers = (0 if cores <= 2 else min(4, cores - 1)) if params.workers == "auto" else params.workers
     return Data(classes=train.classes, train=train, val=val, batch_size=params.batch_size,
                 val_batch_size=params.val_batch_size or max(params.batch_size, 64), workers=workers,
-                augmented=params.augment != "none")
+                augmented=params.augment != "none", skipped=[f"{p} ({why})" for p, why in bad])
 
 
 @hookimpl

@@ -180,6 +180,8 @@ class Data:
     workers: int = 0
     augmented: bool = True
     """Whether the training transform is random (so cached features are views, not exact)."""
+    skipped: list[str] = field(default_factory=list)
+    """Files left out as unreadable, with why (shown in the run summary)."""
 
 
 @dataclass

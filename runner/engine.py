@@ -25,6 +25,12 @@ from runner.recipe import Recipe, validate_components
 from runner.runfolder import new_run_folder, save_json, save_torch, save_yaml
 
 
+class TrainingDiverged(RunnerError):
+    """A NaN or infinite training loss: the run stops; best.pt and last.pt keep the last good epoch."""
+
+    exit_code = 3
+
+
 class RunInterrupted(Exception):
     """Ctrl-C during training: ``last.pt`` holds the last finished epoch; the CLI exits 130."""
 
@@ -206,6 +212,10 @@ def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
                 logits = module(images)
                 loss = criterion(logits.float(), labels)
             if train:
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the training loss is {loss.item()} at epoch {epoch}, batch {batch + 1}: the run stopped; "
+                        f"{run.folder}/last.pt and best.pt keep the last good epoch; try a lower optimizer.lr")
                 run.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 run.optimizer.step()
@@ -319,7 +329,8 @@ def fit(run: Run, resume: Path | None = None) -> dict[str, Any]:
                "epochs": settings.epochs, "epochs_run": run.epoch, "stopped": run.stop,
                "wall_s": round(time.perf_counter() - started, 2), "folder": str(run.folder),
                "classes": list(run.classes), "cache": run.cache_note, "precision": run.precision_note,
-               "resumed_at": first if resume is not None else None}
+               "resumed_at": first if resume is not None else None,
+               "skipped_images": {"count": len(run.data.skipped), "first": run.data.skipped[:5]}}
     save_json(summary, run.folder / "summary.json")
     run.hook.runner_run_end(run=run, summary=summary)
     return summary

@@ -30,6 +30,9 @@ class RichReport:
             f"{len(run.classes)} classes; {trainable:,} of {total:,} parameters trainable; "
             f"{run.device} {dtype}; {s.epochs} epochs -> {run.folder}")
         self.console.print(f"precision: {run.precision_note}; feature cache: {run.cache_note}", highlight=False)
+        if run.data.skipped:
+            self.console.print(f"[yellow]skipped {len(run.data.skipped)} unreadable image(s)[/], e.g. "
+                               f"{run.data.skipped[0]}", highlight=False)
         self.table = Table(title=None, show_edge=False)
         for column in ("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "s", "img/s", ""):
             self.table.add_column(column, justify="right")

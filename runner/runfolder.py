@@ -15,8 +15,16 @@ import yaml
 
 def new_run_folder(output: str | Path, name: str) -> Path:
     """``output/name-YYYYmmdd-HHMMSS``, suffixed ``-2``, ``-3``... when a run already took that name."""
+    from runner.errors import RunnerError
+
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=output, prefix=".runner-write-test")
+        probe.close()
+    except OSError as exc:
+        raise RunnerError(f"cannot write run folders in {output}: {exc.strerror or exc}; set output: to a "
+                          "writable folder") from None
     stem = f"{name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     for n in range(1, 10_000):
         folder = output / (stem if n == 1 else f"{stem}-{n}")

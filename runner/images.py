@@ -1,0 +1,93 @@
+"""Reading image files people actually have: any mode made RGB, a guard against decompression bombs, and folder
+walks that skip hidden files and survive symlink loops. A file that cannot be read raises :class:`BadImage`."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageFile
+
+MAX_PIXELS = 64_000_000
+"""Larger images are refused (8000x8000): a 20000x20000 PNG of a few kB would take gigabytes to decode."""
+
+
+class BadImage(Exception):
+    """A file that is not a readable image; the message says why in a few words."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: 16/32-bit grey scaled down (not clipped), alpha composited on white, CMYK and
+    palettes converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        image = image.convert("I")
+    if image.mode == "I":
+        image = image.point(lambda v: v * (1 / 256)).convert("L")
+    elif image.mode == "F":
+        image = image.convert("L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def read_rgb(path: str | os.PathLike, decode: bool = True) -> Image.Image | None:
+    """The image at ``path``, fully decoded, as RGB; :class:`BadImage` when it cannot be.
+
+    ``decode=False`` checks only what the header tells (an image, not empty, not too large) and returns None:
+    cheap enough for sets too large to decode twice; a file corrupt past its header then fails when read.
+    """
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise BadImage(f"too large ({width}x{height} pixels; the limit is {MAX_PIXELS:,})")
+                if not decode:
+                    return None
+                image.load()
+                return to_rgb(image)
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage("too large (decompression-bomb guard)") from None
+    except OSError as exc:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise BadImage("empty file") from None
+        text = str(exc).split(" (")[0]
+        raise BadImage("truncated or corrupt" if "truncated" in text or "broken" in text else
+                       "not an image" if "cannot identify" in text else text) from None
+    except (ValueError, SyntaxError) as exc:  # PIL raises these for some malformed headers
+        raise BadImage(f"corrupt ({exc})") from None
+
+
+def walk_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """Image files under ``folder`` (links followed), hidden files and folders skipped, each real folder once."""
+    found, seen = [], set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        real = os.path.realpath(current)
+        if real in seen:  # a symlink loop, or a folder linked twice
+            continue
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                elif entry.is_file() and entry.name.lower().endswith(extensions):
+                    found.append(Path(entry.path))
+            except OSError:  # a dangling link
+                continue
+    return sorted(found)
