@@ -34,8 +34,11 @@ def handled():
     except RunnerError as exc:
         if state["debug"]:
             raise
-        for problem in exc.problems:
+        shown = exc.problems[:20]  # a screenful; the rest would hide the first, which usually explains them
+        for problem in shown:
             errors.print(Text("error: ", style="red") + Text(problem), soft_wrap=True)
+        if len(exc.problems) > len(shown):
+            errors.print(Text("error: ", style="red") + Text(f"... and {len(exc.problems) - len(shown)} more problems"))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         errors.print("interrupted")

@@ -25,7 +25,8 @@ class RunnerError(Exception):
     exit_code = 2
 
     def __init__(self, *problems: str):
-        self.problems = [p for p in problems if p]
+        # one line each, whatever a user's key or value held (a key may contain a newline)
+        self.problems = [p.replace("\r", "\\r").replace("\n", "\\n") for p in problems if p]
         super().__init__("\n".join(self.problems))
 
 

@@ -37,16 +37,29 @@ def new_run_folder(output: str | Path, name: str) -> Path:
 
 
 def _atomic(path: Path, write) -> None:
+    """Write to a temporary file beside ``path``, then rename: ``path`` is the old file or the new, never torn.
+
+    A failed write (disk full, file too large) removes the temporary file and raises a RunnerError saying the
+    previous file is intact.
+    """
+    from runner.errors import RunnerError
+
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception):  # torch.save reports a short write as a RuntimeError, not an OSError
+            kept = "the previous one is intact" if path.exists() else "nothing was written"
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise RunnerError(f"cannot write {path} ({reason}): is the disk full? {kept}") from exc
         raise
 
 

@@ -95,3 +95,72 @@ def test_mutated_real_recipes_load_or_raise_the_projects_error(tmp_path_factory,
     path = folder / "recipe.yaml"
     path.write_text(text)
     _loads_or_fails_cleanly(path)
+
+
+FULL_DISK = """
+import resource, signal, sys, torch
+from runner.errors import RunnerError
+from runner.runfolder import save_torch
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the kernel then refuses writes past the limit, as a full disk does
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+try:
+    save_torch({"model": {"w": torch.zeros(1_000_000)}}, sys.argv[1])
+except RunnerError as exc:
+    print(exc)
+    sys.exit(2)
+"""
+
+
+def test_a_checkpoint_write_that_runs_out_of_space_leaves_the_previous_one_loadable(tmp_path):
+    import subprocess
+    import sys
+
+    from runner.runfolder import save_torch
+
+    path = tmp_path / "last.pt"
+    save_torch({"model": {"w": torch.ones(10)}, "epoch": 4}, path)
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "is the disk full? the previous one is intact" in result.stdout
+    assert torch.load(path, weights_only=True)["epoch"] == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+class NotWeights:
+    pass
+
+
+def test_checkpoint_faults_name_the_file_and_what_differs(tmp_path):
+    from runner_plugins.backbones import load_state_dict
+
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(1000)}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:300])
+    pickle = tmp_path / "pickle.pt"
+    torch.save({"w": NotWeights()}, pickle)  # an arbitrary pickled object: refused by weights_only loading
+    for path, expected in ((tmp_path / "missing.pt", "does not exist"), (truncated, "cannot be loaded as weights"),
+                           (pickle, "cannot be loaded as weights")):
+        try:
+            load_state_dict(path)
+        except RunnerError as exc:
+            assert str(path) in str(exc) and expected in str(exc) and "\n" not in str(exc)
+        else:
+            raise AssertionError(f"{path} loaded")
+
+
+def test_a_10_mb_recipe_loads_and_its_problems_are_capped_on_screen(tmp_path):
+    path = tmp_path / "big.yaml"
+    comment = "# " + "x" * 98 + "\n"
+    path.write_text(comment * 100_000 + "dataset: {name: imagefolder, root: x}\nbackbone: efficientnet_lite0\n"
+                    "optimizer: sgd\n" + "".join(f"unknown_{i}: 1\n" for i in range(60)))
+    assert path.stat().st_size > 10_000_000
+    try:
+        load(path)
+    except RunnerError as exc:
+        assert len(exc.problems) == 60 and exc.problems[0].endswith(":100004:1: unknown_0: unknown field")
+    else:
+        raise AssertionError("loaded")
+    result = cli.invoke(app, ["validate", str(path)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 21 and lines[-1] == "error: ... and 40 more problems"
