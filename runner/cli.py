@@ -160,6 +160,30 @@ def validate(recipe: Annotated[str, typer.Argument(help="recipe file or packaged
 
 
 @app.command()
+def plan(recipe: Annotated[str, typer.Argument(help="recipe file or packaged recipe name")],
+         set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value)")] = [],
+         as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False):
+    """Show, before any training, the parameter groups a recipe trains: size, when, lr, weight decay, BatchNorm."""
+    from runner import engine, recipe as recipes
+    from runner.plan import plan as make_plan
+    from runner.report import plan_table
+    with handled():
+        made: dict = {}
+
+        def catalog_for(loaded_recipe):
+            made["catalog"] = _catalog(loaded_recipe)
+            return made["catalog"]
+
+        loaded = recipes.load(recipe, set_, catalog_for)
+        data = make_plan(engine.build(loaded, made["catalog"]))
+        if as_json:
+            import json
+            print(json.dumps(data))
+        else:
+            console.print(plan_table(data))
+
+
+@app.command()
 def run(recipe: Annotated[Optional[str], typer.Argument(help="recipe file or packaged recipe name (e.g. extract)")] = None,
         set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value); repeatable")] = [],
         resume: Annotated[Optional[str], typer.Option("--resume", help="run folder to continue from its last.pt")] = None):

@@ -10,6 +10,20 @@ from rich.table import Table
 from runner.hookspecs import hookimpl
 
 
+def plan_table(data: dict) -> Table:
+    table = Table("group", "modules", "parameters", "trains", "lr", "wd", "BatchNorm",
+                  title=f"{data['recipe']}: {data['trainable']:,} of {data['total']:,} parameters train",
+                  title_justify="left")
+    for index in (0, 2, 3, 4, 6):  # the modules column is the one that wraps
+        table.columns[index].no_wrap = True
+    table.columns[1].overflow = "fold"
+    for row in data["rows"]:
+        table.add_row(row["group"], row["modules"], f"{row['parameters']:,}", row["trains"],
+                      f"{row['lr']:.3g}" if row["trains"] != "never" else "-",
+                      f"{row['weight_decay']:.3g}" if row["trains"] != "never" else "-", row["batchnorm"])
+    return table
+
+
 class RichReport:
     def __init__(self, console: Console):
         self.console = console
@@ -30,6 +44,10 @@ class RichReport:
             f"{len(run.classes)} classes; {trainable:,} of {total:,} parameters trainable; "
             f"{run.device} {dtype}; {s.epochs} epochs -> {run.folder}")
         self.console.print(f"precision: {run.precision_note}; feature cache: {run.cache_note}", highlight=False)
+        if not run.epoch:  # a fresh run shows its plan; a resumed one has shown it
+            from runner.plan import plan
+
+            self.console.print(plan_table(plan(run)))
         if run.data.skipped:
             self.console.print(f"[yellow]skipped {len(run.data.skipped)} unreadable image(s)[/], e.g. "
                                f"{run.data.skipped[0]}", highlight=False)

@@ -183,3 +183,26 @@ def test_label_smoothing_applies_to_the_training_loss_only(tmp_path, imagefolder
     assert last(smooth)["train_loss"] > last(plain)["train_loss"] + 0.1
     # smoothing keeps the model less confident: scored the plain way, its val loss stays higher
     assert last(smooth)["val_loss"] > last(plain)["val_loss"]
+
+
+def test_plan_shows_groups_sizes_schedule_lrs_and_batchnorm_before_training(tmp_path, imagefolder):
+    import json
+
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+
+    freeze = {"name": "gradual", "start": 2, "every": 1, "groups": 2, "layer_decay": 0.5}
+    recipe = write_recipe(tmp_path, imagefolder, freeze=freeze, scheduler="none")
+    result = CliRunner().invoke(app, ["plan", recipe, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    rows = {r["group"]: r for r in data["rows"]}
+    assert rows["head"]["trains"] == "from epoch 1" and rows["head"]["lr"] == pytest.approx(0.05)
+    assert rows["conv_head+bn2"]["trains"] == "from epoch 3" and rows["conv_head+bn2"]["lr"] == pytest.approx(0.025)
+    assert rows["blocks.4"]["trains"] == "from epoch 4" and rows["blocks.4"]["batchnorm"] == "eval (held)"
+    assert rows["(frozen)"]["trains"] == "never" and "blocks.0-3" in rows["(frozen)"]["modules"]
+    assert data["total"] == sum(r["parameters"] for r in data["rows"])
+    assert data["trainable"] == data["total"] - rows["(frozen)"]["parameters"]
+    table = CliRunner().invoke(app, ["plan", recipe])
+    assert table.exit_code == 0 and "(frozen)" in table.output and "from epoch 3" in table.output
