@@ -76,6 +76,20 @@ def _catalog(recipe=None, strict: bool = False):
     return catalog
 
 
+def _load_with_catalog(recipe, overrides: list[str], origin: Path | None = None):
+    """The recipe, validated against a catalog that includes its own ``plugins:``, and that catalog."""
+    from runner import recipe as recipes
+
+    made: dict = {}
+
+    def catalog_for(loaded_recipe):
+        made["catalog"] = _catalog(loaded_recipe)
+        return made["catalog"]
+
+    loaded = recipes.load(recipe, overrides, catalog_for, origin=origin)
+    return loaded, made["catalog"]
+
+
 @app.command("list")
 def list_(kind: Annotated[Optional[str], typer.Argument(help="one kind: datasets, backbones, freeze, ...")] = None):
     """List every component by kind, with the plugin that provides it."""
@@ -164,18 +178,12 @@ def plan(recipe: Annotated[str, typer.Argument(help="recipe file or packaged rec
          set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value)")] = [],
          as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False):
     """Show, before any training, the parameter groups a recipe trains: size, when, lr, weight decay, BatchNorm."""
-    from runner import engine, recipe as recipes
+    from runner import engine
     from runner.plan import plan as make_plan
     from runner.report import plan_table
     with handled():
-        made: dict = {}
-
-        def catalog_for(loaded_recipe):
-            made["catalog"] = _catalog(loaded_recipe)
-            return made["catalog"]
-
-        loaded = recipes.load(recipe, set_, catalog_for)
-        data = make_plan(engine.build(loaded, made["catalog"]))
+        loaded, catalog = _load_with_catalog(recipe, set_)
+        data = make_plan(engine.build(loaded, catalog))
         if as_json:
             import json
             print(json.dumps(data))
@@ -207,22 +215,15 @@ def resume_(folder: Annotated[str, typer.Argument(help="run folder holding last.
 
 
 def _train(recipe: str | None, overrides: list[str], resume: str | None) -> None:
-    from runner import engine, recipe as recipes
+    from runner import engine
     from runner.report import RichReport
-
-    made: dict = {}
-
-    def catalog_for(loaded_recipe):
-        made["catalog"] = _catalog(loaded_recipe)
-        return made["catalog"]
 
     if resume:
         folder = Path(resume)
         state = engine.read_last(folder)
-        loaded = recipes.load(folder / "recipe.yaml", [], catalog_for, origin=Path(state["recipe_path"]))
+        loaded, catalog = _load_with_catalog(folder / "recipe.yaml", [], origin=Path(state["recipe_path"]))
     else:
-        loaded = recipes.load(recipe, overrides, catalog_for)
-    catalog = made["catalog"]
+        loaded, catalog = _load_with_catalog(recipe, overrides)
     run_ = engine.build(loaded, catalog)
     report = RichReport(console)
     catalog.pm.register(report, name="runner.report")
