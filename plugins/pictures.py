@@ -12,16 +12,7 @@ import math
 import torch
 
 from runner.hookspecs import hookimpl
-from runner.runfolder import save_bytes
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from runner.figures import pyplot, save_figure
 
 
 def denormalise(image: torch.Tensor, preprocess) -> torch.Tensor:
@@ -31,17 +22,8 @@ def denormalise(image: torch.Tensor, preprocess) -> torch.Tensor:
     return (image.float() * std + mean).clamp(0, 1).permute(1, 2, 0)
 
 
-def _save(fig, path) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    _pyplot().close(fig)
-    save_bytes(buffer.getvalue(), path)
-
-
 def image_grid(images, titles, colours, preprocess, path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -52,7 +34,7 @@ def image_grid(images, titles, colours, preprocess, path, title: str) -> None:
         ax.imshow(denormalise(image, preprocess).numpy())
         ax.set_title(text, color=colour, fontsize=9)
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _items(dataset, count: int, seed: int):
@@ -74,7 +56,7 @@ def runner_run_start(run):
 
 
 def plot_curves(rows: list[dict], path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (loss, acc, lr) = plt.subplots(1, 3, figsize=(13, 3.5))
     for key, style in (("train", "-o"), ("val", "-s")):
@@ -91,7 +73,7 @@ def plot_curves(rows: list[dict], path) -> None:
     acc.legend()
     if groups <= 6:
         lr.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 @hookimpl

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,12 +178,9 @@ def use_cached_features(run: Run) -> str:
     started = time.perf_counter()
     settings, data = run.recipe.settings, run.data
 
-    def forward(images):
-        with _autocast(run):
-            return run.model(_to_device(run, images))
-
     run.image_loaders = (run.train_loader, run.val_loader)
     views = settings.views if data.augmented else 1
+    forward = functools.partial(_eval_logits, run)
     train_x, train_y, hit_train = feature_cache.cached_features(run, data.train, views, forward, "train")
     val_x, val_y, hit_val = feature_cache.cached_features(run, data.val, 1, forward, "val")
     run.train_loader = DataLoader(feature_cache.CachedFeatures(train_x, train_y, settings.seed),
@@ -363,8 +361,14 @@ def _epochs(run: Run, first: int) -> None:
             break
 
 
+def _eval_logits(run: Run, images: torch.Tensor) -> torch.Tensor:
+    """The model's logits for a batch of images, on the run's device, under the eval autocast dtype."""
+    with _autocast(run):
+        return run.model(_to_device(run, images))
+
+
 def predict(run: Run, images: torch.Tensor) -> torch.Tensor:
     """Class probabilities (on the CPU, fp32) for a batch of preprocessed images, in eval mode."""
     run.model.eval()
-    with torch.inference_mode(), _autocast(run):
-        return run.model(_to_device(run, images)).float().softmax(1).cpu()
+    with torch.inference_mode():
+        return _eval_logits(run, images).float().softmax(1).cpu()

@@ -18,6 +18,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 from runner.components import Preprocess
 from runner.errors import RunnerError
 from runner.hardware import resolve_device, resolve_precision
+from runner.weights import load_strict
 
 
 @dataclass
@@ -53,10 +54,7 @@ def load_trained(ref: str | Path, catalog, device: str = "auto") -> Trained:
     component = catalog.get("backbone", section.pop("name"))
     backbone = component.build(component.params.model_validate(section))
     backbone.replace_head(len(state["classes"]))
-    try:
-        backbone.model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as exc:
-        raise RunnerError(f"{file}: weights do not fit the recipe's backbone: {str(exc).splitlines()[0]}") from None
+    load_strict(backbone.model, state["model"], str(file))
     target = resolve_device(device)
     model = backbone.model.to(target).eval()
     return Trained(model, list(state["classes"]), Preprocess(**state["preprocess"]), state["recipe"],
@@ -195,9 +193,9 @@ def evaluate(trained: Trained, files: list[Path], labels: list[int], batch_size:
 
 
 def plot_confusion(result: dict, path: Path) -> None:
-    from runner_plugins.pictures import _pyplot, _save  # the built-in pictures' matplotlib set-up
+    from runner.figures import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     matrix = torch.tensor(result["confusion"])
     n = len(result["classes"])
     fig, ax = plt.subplots(figsize=(2 + 0.6 * n, 1.6 + 0.6 * n))
@@ -211,7 +209,7 @@ def plot_confusion(result: dict, path: Path) -> None:
             ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
                     color="white" if matrix[i, j] > matrix.max() / 2 else "black")
     ax.set_title(f"accuracy {result['accuracy']:.4f} on {result['images']} images")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def export(trained: Trained, batch: torch.Tensor, fmt: str, out: Path) -> float:

@@ -1,0 +1,25 @@
+"""Matplotlib without a window, and PNGs written atomically: shared by the pictures plugin and ``evaluate``."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from runner.runfolder import save_bytes
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: figures render to files, no window opens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Render ``fig`` to PNG at ``path`` (temp file + rename) and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    pyplot().close(fig)
+    save_bytes(buffer.getvalue(), path)
