@@ -17,18 +17,20 @@ from runner.hookspecs import hookimpl
 from runner.images import BadImage, read_rgb, walk_files
 
 
-class ImageFolderParams(Params):
-    root: str = Field(description="folder holding the split folders; relative to the recipe, the working "
-                                  "directory or a folder on RUNNER_DATA_PATH")
-    url: str | None = Field(None, description="zip to download and unpack once when root is not found")
-    train: str = Field("train", description="training split folder under root")
-    val: str = Field("val", description="validation split folder under root")
+class LoaderParams(Params):
+    """Batch and loader settings every dataset component shares."""
+
     batch_size: int = Field(32, gt=0, description="training batch size")
     val_batch_size: int | None = Field(None, gt=0, description="validation batch size (default: max(batch_size, 64); "
                                                                "it does not change results)")
     workers: int | Literal["auto"] = Field("auto", description="loader worker processes; auto: none on 2 cores or "
                                                                "fewer (workers there steal the cores the model "
                                                                "needs), else min(4, cores - 1)")
+
+
+class ImageFileParams(LoaderParams):
+    """Settings of datasets made of image files on disk."""
+
     preload: bool | Literal["auto"] = Field(
         "auto", description="decode each image once and keep it in memory, downsized to what the transforms need "
                             "(train: shorter side at most 2x the resize, val: the resize); auto: for sets of at "
@@ -39,6 +41,22 @@ class ImageFolderParams(Params):
     augment: Literal["standard", "none"] = Field(
         "standard", description="standard: random resized crop + horizontal flip (the tutorial's); none: the val "
                                 "transform")
+
+
+class ImageFolderParams(ImageFileParams):
+    root: str = Field(description="folder holding the split folders; relative to the recipe, the working "
+                                  "directory or a folder on RUNNER_DATA_PATH")
+    url: str | None = Field(None, description="zip to download and unpack once when root is not found")
+    train: str = Field("train", description="training split folder under root")
+    val: str = Field("val", description="validation split folder under root")
+
+
+def resolve_workers(workers: int | str) -> int:
+    """Loader workers for ``workers: auto``: none on 2 cores or fewer, else min(4, cores - 1)."""
+    if workers != "auto":
+        return int(workers)
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores - 1)
 
 
 def image_transforms(pre: Preprocess, augment: str) -> tuple[transforms.Compose, transforms.Compose]:
@@ -149,10 +167,9 @@ def build_imagefolder(params: ImageFolderParams, preprocess: Preprocess, base_di
         only_val = sorted(set(val.classes) - set(train.classes))
         raise RunnerError(f"dataset {root}: train and val have different classes (only in train: {only_train}, "
                           f"only in val: {only_val})")
-    cores = os.cpu_count() or 1
-    workers = (0 if cores <= 2 else min(4, cores - 1)) if params.workers == "auto" else params.workers
     return Data(classes=train.classes, train=train, val=val, batch_size=params.batch_size,
-                val_batch_size=params.val_batch_size or max(params.batch_size, 64), workers=workers,
+                val_batch_size=params.val_batch_size or max(params.batch_size, 64),
+                workers=resolve_workers(params.workers),
                 augmented=params.augment != "none", skipped=[f"{p} ({why})" for p, why in bad])
 
 

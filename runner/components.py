@@ -182,6 +182,9 @@ class Data:
     """Whether the training transform is random (so cached features are views, not exact)."""
     skipped: list[str] = field(default_factory=list)
     """Files left out as unreadable, with why (shown in the run summary)."""
+    preprocess: Preprocess | None = None
+    """Set by a dataset that sizes images itself (e.g. 28-pixel images at 112 rather than 224): it replaces the
+    backbone's preprocessing for the run, its checkpoints, predict and evaluate."""
 
 
 @dataclass

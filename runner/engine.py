@@ -93,6 +93,8 @@ def build(recipe: Recipe, catalog: Catalog) -> Run:
 
     backbone: Backbone = component["backbone"].build(params["backbone"])
     data: Data = component["dataset"].build(params["dataset"], backbone.preprocess, recipe.base_dir)
+    if data.preprocess is not None:
+        backbone.preprocess = data.preprocess
     backbone.replace_head(len(data.classes))
     model = backbone.model.to(device)
     if recipe.settings.channels_last:

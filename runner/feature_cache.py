@@ -80,16 +80,18 @@ class CachedFeatures(Dataset):
 
 def _fingerprint(model: nn.Module, dataset, parts: list) -> str | None:
     files = getattr(dataset, "samples", None)  # ImageFolder and its kin list (path, label)
-    if files is None:
+    own = getattr(dataset, "fingerprint", None)  # other datasets may say what identifies their content
+    if files is None and own is None:
         return None
     h = hashlib.sha256()
+    h.update(repr(own).encode())
     for tensor in model.state_dict().values():
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
                  if tensor.numel() else b"")
     h.update(repr(parts).encode())
     h.update(repr(getattr(dataset, "transform", None)).encode())
     h.update(repr(getattr(dataset, "loader", None)).encode())
-    for path, label in files:
+    for path, label in files or []:
         stat = os.stat(path)
         h.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return h.hexdigest()[:32]

@@ -23,6 +23,8 @@ from runner.errors import RunnerError, did_you_mean
 
 BUILTIN_PLUGINS = (
     "runner_plugins.datasets",
+    "runner_plugins.label_files",
+    "runner_plugins.torchvision_datasets",
     "runner_plugins.backbones",
     "runner_plugins.freeze",
     "runner_plugins.optim",
