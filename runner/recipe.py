@@ -217,30 +217,32 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dic
     return merge(base, data), {**base_positions, **positions}
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key.path=value`` with the value parsed as YAML."""
+def parse_override(text: str, label: str = "--set") -> tuple[str, Any]:
+    """``key.path=value`` with the value parsed as YAML; ``label`` names the option in errors."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise RunnerError(f"--set {text}: expected key.path=value, e.g. optimizer.lr=0.01")
+        raise RunnerError(f"{label} {text}: expected key.path=value, e.g. optimizer.lr=0.01")
     try:
         return key.strip(), yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         return key.strip(), value
 
 
-def load(ref: str | Path, overrides: list[str] = (), catalog=None, origin: Path | None = None) -> Recipe:
+def load(ref: str | Path, overrides: list[str] = (), catalog=None, origin: Path | None = None,
+         label: str = "--set") -> Recipe:
     """Read a recipe (path or packaged name), follow ``extends:``, apply overrides, validate the settings
     and, given the catalog (or a function of the loaded recipe that makes one, so a recipe's ``plugins:``
-    count), every component section: all problems are reported at once."""
+    count), every component section: all problems are reported at once. ``label`` names where overrides came
+    from in errors (``--set``, ``--grid``)."""
     path = find_recipe(str(ref))
     data, positions = _load_tree(path, ())
     for text in overrides:
-        dotted, value = parse_override(text)
+        dotted, value = parse_override(text, label)
         nested: Any = value
         for part in reversed(dotted.split(".")):
             nested = {part: nested}
         data = merge(data, nested)
-        positions[dotted] = Where(f"--set {text}")
+        positions[dotted] = Where(f"{label} {text}")
     recipe, problems = _validate_settings(path, data, positions)
     recipe.origin = origin
     if callable(catalog):
