@@ -24,6 +24,7 @@ state: dict = {"debug": False, "plugins": []}
 KIND_ALIASES = {"datasets": "dataset", "backbones": "backbone", "freeze_policies": "freeze", "freeze_policy": "freeze",
                 "freezes": "freeze", "optimizers": "optimizer", "schedulers": "scheduler", "optim": "optimizer"}
 KIND_TITLES = {"freeze": "freeze policy"}
+TTA_HELP = "test-time augmentation: none, flip or crops (default: the recipe's tta)"
 
 
 @contextlib.contextmanager
@@ -239,11 +240,12 @@ def predict(model: Annotated[str, typer.Argument(help="run folder or checkpoint 
             top: Annotated[int, typer.Option(help="classes to show per image")] = 3,
             as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
             as_csv: Annotated[bool, typer.Option("--csv", help="CSV instead of a table")] = False,
-            batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 32):
+            batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 32,
+            tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None):
     """Classify images with a trained model, through the checkpoint's own preprocessing."""
     from runner import inference
     with handled():
-        trained = inference.load_trained(model, _catalog())
+        trained = inference.load_trained(model, _catalog(), tta=tta)
         rows = inference.predict_files(trained, inference.image_files(paths), top, batch_size)
         if as_json:
             import json
@@ -274,12 +276,13 @@ def predict(model: Annotated[str, typer.Argument(help="run folder or checkpoint 
 def evaluate(run_folder: Annotated[str, typer.Argument(help="run folder (or checkpoint file)")],
              split: Annotated[str, typer.Option(help="split of the recipe's dataset: val or train")] = "val",
              data: Annotated[Optional[str], typer.Option(help="a folder of class folders to evaluate instead")] = None,
-             as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False):
+             as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+             tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None):
     """Accuracy, per-class precision/recall/F1, confusion matrix (table and confusion.png), worst mistakes."""
     from runner import inference
     with handled():
         catalog = _catalog()
-        trained = inference.load_trained(run_folder, catalog)
+        trained = inference.load_trained(run_folder, catalog, tta=tta)
         if data:
             folder = Path(data)
             files, labels = inference.labelled_files(folder, trained.classes)

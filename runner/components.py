@@ -54,6 +54,45 @@ class Preprocess:
                                    transforms.CenterCrop(self.size), transforms.ToTensor(),
                                    transforms.Normalize(self.mean, self.std)])
 
+    def tta_transform(self, mode: str):
+        """Test-time views of an image as one (views, 3, size, size) tensor: ``flip`` the eval view and its
+        mirror, ``crops`` torchvision's ten crops (four corners and centre, and their mirrors); ``none`` one."""
+        from torchvision import transforms
+
+        interp = transforms.InterpolationMode(self.interpolation)
+        tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+        if mode == "none":
+            return transforms.Compose([self.eval_transform(), _Stack((_identity,))])
+        if mode == "flip":
+            return transforms.Compose([self.eval_transform(), _Stack((_identity, _hflip))])
+        if mode == "crops":
+            return transforms.Compose([transforms.Resize(self.resize, interpolation=interp),
+                                       transforms.TenCrop(self.size), _Stack((tensor,), each=True)])
+        raise ValueError(f"unknown test-time augmentation {mode!r}; expected none, flip or crops")
+
+
+def _identity(x):
+    return x
+
+
+def _hflip(x):
+    return x.flip(-1)
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """Stack views of an input: ``fns`` applied to it, or with ``each`` the one fn to each of a tuple of crops."""
+
+    fns: tuple
+    each: bool = False
+
+    def __call__(self, x):
+        import torch
+
+        if self.each:
+            return torch.stack([self.fns[0](crop) for crop in x])
+        return torch.stack([fn(x) for fn in self.fns])
+
 
 def replace_last_linear(model: nn.Module, num_classes: int) -> nn.Module:
     """Swap the model's last ``nn.Linear`` (in registration order) for a fresh one with ``num_classes`` outputs.

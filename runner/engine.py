@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,10 @@ class Run:
     """Set by a plugin to end the run after the current epoch; the text says why."""
     plugin_state: dict[str, Any] = field(default_factory=dict)
     best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})
+    ema: Any = None
+    """``torch.optim.swa_utils.AveragedModel`` of the model when the recipe sets ``ema``."""
+    mix: Any = None
+    """The batch transform (torchvision's MixUp/CutMix) that mixes training images and labels, if any."""
 
     @property
     def model(self) -> nn.Module:
@@ -109,16 +114,32 @@ def build(recipe: Recipe, catalog: Catalog) -> Run:
     train_loader = DataLoader(data.train, batch_size=data.batch_size, shuffle=True,
                               generator=torch.Generator().manual_seed(settings.seed), **loader_args)
     val_loader = DataLoader(data.val, batch_size=data.val_batch_size, shuffle=False, **loader_args)
-    schedule = component["scheduler"].build(params["scheduler"], optimizer, settings.epochs, len(train_loader))
+    steps_per_epoch = math.ceil(len(train_loader) / settings.accumulate)
+    schedule = component["scheduler"].build(params["scheduler"], optimizer, settings.epochs, steps_per_epoch)
     run = Run(recipe=recipe, resolved=recipe.resolved(), device=device,
               autocast_dtype=resolve_precision(settings.precision, device), backbone=backbone, data=data,
               freeze_plan=plan, optimizer=optimizer, schedule=schedule, train_loader=train_loader,
               val_loader=val_loader, hook=catalog.pm.hook)
+    run.mix = _batch_mixer(settings, len(data.classes))
     run.cache, run.cache_note = _cache_decision(run)
     run.train_dtype, run.precision_note = _training_precision(run)
+    if settings.ema is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        run.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
     if settings.compile:
         run.compiled = torch.compile(model)
     return run
+
+
+def _batch_mixer(settings, num_classes: int):
+    """torchvision's MixUp and/or CutMix as one batch transform (one of them per batch when both are set)."""
+    from torchvision.transforms import v2
+
+    mixers = [v2.MixUp(alpha=settings.mixup, num_classes=num_classes)] if settings.mixup else []
+    mixers += [v2.CutMix(alpha=settings.cutmix, num_classes=num_classes)] if settings.cutmix else []
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 def _training_precision(run: Run) -> tuple[torch.dtype | None, str]:
@@ -142,6 +163,8 @@ def _cache_decision(run: Run) -> tuple[bool, str]:
     if mode == "off":
         return False, "off"
     blocked = feature_cache.why_not_cacheable(run.model, run.backbone.head)
+    if run.mix is not None:
+        blocked = "mixup and cutmix mix whole images"
     if blocked:
         if mode == "features":
             raise RunnerError(f"{run.recipe.where('cache')}: cache: features needs a frozen trunk: {blocked}")
@@ -175,6 +198,21 @@ def _trained_module(run: Run) -> nn.Module:
     return run.compiled if run.compiled is not None else run.model
 
 
+def _head_name(run: Run) -> str:
+    return next(name for name, module in run.model.named_modules() if module is run.backbone.head)
+
+
+def evaluated_model(run: Run) -> nn.Module:
+    """The weights that are validated and saved as best: the moving average when ``ema`` is on, else the model."""
+    return run.ema.module if run.ema is not None else run.model
+
+
+def _evaluated_module(run: Run) -> nn.Module:
+    if run.ema is None:
+        return _trained_module(run)
+    return run.ema.module.get_submodule(_head_name(run)) if run.cache else run.ema.module
+
+
 def use_cached_features(run: Run) -> str:
     """Swap the loaders for ones over cached head inputs; returns how they were obtained."""
     started = time.perf_counter()
@@ -199,34 +237,54 @@ def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
     loader = run.train_loader if train else run.val_loader
     if train and isinstance(loader.dataset, feature_cache.CachedFeatures):
         loader.dataset.set_epoch(epoch)
-    module = _trained_module(run)
+    module = _trained_module(run) if train else _evaluated_module(run)
     module.train(train)
     criterion = nn.CrossEntropyLoss(label_smoothing=run.recipe.settings.label_smoothing if train else 0.0)
     loss_sum, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
     grad = contextlib.nullcontext() if train else torch.inference_mode()
+    if train:
+        run.optimizer.zero_grad(set_to_none=True)
     with grad:
         for batch, (images, labels) in enumerate(loader):
             images, labels = _to_device(run, images), labels.to(run.device, non_blocking=True)
+            targets = labels
+            if train and run.mix is not None:
+                images, targets = run.mix(images, labels)
             with _autocast(run, train):
                 logits = module(images)
-                loss = criterion(logits.float(), labels)
+                loss = criterion(logits.float(), targets)
             if train:
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the training loss is {loss.item()} at epoch {epoch}, batch {batch + 1}: the run stopped; "
-                        f"{run.folder}/last.pt and best.pt keep the last good epoch; try a lower optimizer.lr")
-                run.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                run.optimizer.step()
-                if run.schedule.scheduler is not None and run.schedule.interval == "step":
-                    run.schedule.scheduler.step()
+                training_step(run, loss, batch, len(loader), epoch)
             loss_sum += loss.item() * labels.size(0)
             correct += (logits.argmax(1) == labels).sum().item()
             seen += labels.size(0)
             run.hook.runner_batch_end(run=run, epoch=epoch, phase=phase, batch=batch, size=labels.size(0))
     seconds = time.perf_counter() - started
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": seen, "seconds": seconds}
+
+
+def training_step(run: Run, loss: torch.Tensor, batch: int, batches: int, epoch: int) -> None:
+    """Backward one batch's loss; every ``accumulate`` batches (and at the epoch's end) clip, step, average."""
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"the training loss is {loss.item()} at epoch {epoch}, batch {batch + 1}: the run stopped; "
+            f"{run.folder}/last.pt and best.pt keep the last good epoch; try a lower optimizer.lr")
+    settings = run.recipe.settings
+    first = batch - batch % settings.accumulate
+    group = min(settings.accumulate, batches - first)  # the last group of an epoch may be short
+    (loss / group).backward()
+    if batch + 1 < first + group:
+        return
+    if settings.grad_clip is not None:
+        trained = [p for g in run.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(trained, settings.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update_parameters(run.model)
+    if run.schedule.scheduler is not None and run.schedule.interval == "step":
+        run.schedule.scheduler.step()
 
 
 def _after_unfreeze(run: Run) -> None:
@@ -248,6 +306,8 @@ def last_state(run: Run, epoch: int) -> dict[str, Any]:
     scheduler = run.schedule.scheduler
     return {
         **checkpoint(run, epoch, run.best["val_acc"]),
+        "model": {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()},
+        "ema": run.ema.state_dict() if run.ema is not None else None,
         "optimizer": run.optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "best": dict(run.best),
@@ -261,7 +321,7 @@ def last_state(run: Run, epoch: int) -> dict[str, Any]:
 def checkpoint(run: Run, epoch: int, val_acc: float) -> dict[str, Any]:
     """What best.pt holds: weights plus all needed to use them, loadable with ``weights_only=True``."""
     return {
-        "model": {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()},
+        "model": {k: v.detach().cpu().clone() for k, v in evaluated_model(run).state_dict().items()},
         "classes": list(run.classes),
         "preprocess": dataclasses.asdict(run.backbone.preprocess),
         "recipe": run.resolved,
@@ -290,6 +350,8 @@ def _restore(run: Run, state: dict[str, Any]) -> int:
         if run.freeze_plan.on_epoch is not None and run.freeze_plan.on_epoch(epoch):
             _after_unfreeze(run)
     run.model.load_state_dict(state["model"])
+    if run.ema is not None and state.get("ema") is not None:
+        run.ema.load_state_dict(state["ema"])
     run.optimizer.load_state_dict(state["optimizer"])
     if run.schedule.scheduler is not None and state["scheduler"] is not None:
         run.schedule.scheduler.load_state_dict(state["scheduler"])

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
 from runner.components import Preprocess
-from runner.errors import RunnerError
+from runner.errors import RunnerError, did_you_mean
 from runner.hardware import resolve_device, resolve_precision
 from runner.weights import load_strict
 
@@ -31,15 +31,28 @@ class Trained:
     folder: Path
     device: torch.device
     dtype: torch.dtype | None
+    tta: str = "none"
+    """Test-time augmentation: none, flip or crops (the recipe's ``tta`` unless the command line says)."""
+
+    def transform(self):
+        """What a file goes through: one eval view, or with ``tta`` a (views, 3, H, W) stack."""
+        if self.tta == "none":
+            return self.preprocess.eval_transform()
+        return self.preprocess.tta_transform(self.tta)
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for (N, 3, H, W) images, or the mean over views for (N, views, 3, H, W)."""
         autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+        views = images.shape[1] if images.dim() == 5 else 0
+        flat = images.flatten(0, 1) if views else images
         with torch.inference_mode(), autocast:
-            return self.model(images.to(self.device)).float().softmax(1).cpu()
+            probs = self.model(flat.to(self.device)).float().softmax(1).cpu()
+        return probs.view(images.shape[0], views, -1).mean(1) if views else probs
 
 
-def load_trained(ref: str | Path, catalog, device: str = "auto") -> Trained:
-    """The model of a run folder (its best.pt) or of a checkpoint file, ready for inference."""
+def load_trained(ref: str | Path, catalog, device: str = "auto", tta: str | None = None) -> Trained:
+    """The model of a run folder (its best.pt) or of a checkpoint file, ready for inference; ``tta`` overrides
+    the recipe's test-time augmentation."""
     path = Path(ref)
     file = path / "best.pt" if path.is_dir() else path
     if not file.is_file():
@@ -57,9 +70,12 @@ def load_trained(ref: str | Path, catalog, device: str = "auto") -> Trained:
     load_strict(backbone.model, state["model"], str(file))
     target = resolve_device(device)
     model = backbone.model.to(target).eval()
+    tta = tta or state["recipe"].get("tta", "none")
+    if tta not in ("none", "flip", "crops"):
+        raise RunnerError(f"--tta {tta}: expected none, flip or crops{did_you_mean(tta, ['none', 'flip', 'crops'])}")
     return Trained(model, list(state["classes"]), Preprocess(**state["preprocess"]), state["recipe"],
                    Path(state.get("recipe_path", ".")), file.parent,
-                   target, resolve_precision(state["recipe"].get("precision", "auto"), target))
+                   target, resolve_precision(state["recipe"].get("precision", "auto"), target), tta)
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -106,7 +122,7 @@ def _batches(trained: Trained, dataset: Files, batch_size: int):
 def predict_files(trained: Trained, files: list[Path], top_k: int = 3, batch_size: int = 32) -> list[dict]:
     """One row per file: predicted class, its probability, the top k; unreadable files get an error."""
     rows, index = [], 0
-    for images, _, oks in _batches(trained, Files(files, trained.preprocess.eval_transform()), batch_size):
+    for images, _, oks in _batches(trained, Files(files, trained.transform()), batch_size):
         probs = iter(trained.probabilities(images)) if images is not None else iter(())
         for ok in oks:
             file = files[index]
@@ -163,7 +179,7 @@ def evaluate(trained: Trained, files: list[Path], labels: list[int], batch_size:
     n = len(trained.classes)
     confusion = torch.zeros(n, n, dtype=torch.long)
     wrong, index, skipped = [], 0, []
-    for images, targets, oks in _batches(trained, Files(files, trained.preprocess.eval_transform(), labels),
+    for images, targets, oks in _batches(trained, Files(files, trained.transform(), labels),
                                          batch_size):
         probs = iter(trained.probabilities(images)) if images is not None else iter(())
         for target, ok in zip(targets, oks):

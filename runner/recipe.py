@@ -51,6 +51,22 @@ class Settings(BaseModel):
     views: int = Field(1, gt=0, description="augmented views of each training image cached when the training "
                                             "transform is random; each epoch draws one per image")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the training loss")
+    mixup: float | None = Field(None, gt=0, description="MixUp: blend pairs of training images and their labels "
+                                                        "with a Beta(alpha, alpha) weight; the value is alpha "
+                                                        "(0.2 is usual)")
+    cutmix: float | None = Field(None, gt=0, description="CutMix: paste a box of one training image into another, "
+                                                         "labels mixed by area; the value is alpha (1.0 is usual); "
+                                                         "with mixup too, each batch uses one of the two")
+    ema: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights "
+                                                            "with this decay (e.g. 0.999); validation, best.pt and "
+                                                            "what predict uses are the averaged weights")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm of all trained parameters "
+                                                            "to this before each optimizer step")
+    accumulate: int = Field(1, gt=0, description="add up the gradients of this many batches before each "
+                                                 "optimizer step (an effective batch of batch_size x accumulate)")
+    tta: Literal["none", "flip", "crops"] = Field(
+        "none", description="test-time augmentation for predict and evaluate of this run's model: flip averages "
+                            "the image and its mirror, crops the ten crops (corners, centre, and mirrors)")
     early_stopping: EarlyStopping | None = Field(None, description="stop early when val stops improving "
                                                                   "(carried out by the early_stopping plugin)")
     plugins: list[str] = Field([], description="plugin files (relative to the recipe) or modules to load")
