@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import torch
 from pydantic import Field, create_model
@@ -27,15 +27,19 @@ class OptimizerParams(Params):
                                                         "(every 1-d parameter)")
 
 
+PositiveFloat = Annotated[float, Field(gt=0)]
+LR_HELP = "learning rate; auto: the lr finder's suggestion, found before training (see lr_find)"
+
+
 class SGDParams(OptimizerParams):
-    lr: float = Field(0.01, gt=0, description="learning rate")
+    lr: PositiveFloat | Literal["auto"] = Field(0.01, description=LR_HELP)
     momentum: float = Field(0.9, ge=0, description="momentum factor")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty")
     nesterov: bool = Field(False, description="Nesterov momentum")
 
 
 class AdamParams(OptimizerParams):
-    lr: float = Field(0.001, gt=0, description="learning rate")
+    lr: PositiveFloat | Literal["auto"] = Field(0.001, description=LR_HELP)
     betas: tuple[float, float] = Field((0.9, 0.999), description="running average coefficients")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
 

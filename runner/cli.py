@@ -98,14 +98,19 @@ def list_(kind: Annotated[Optional[str], typer.Argument(help="one kind: datasets
         kinds = [_kind(kind)] if kind else list(KINDS)
         catalog = _catalog()
         table = Table("kind", "name", "plugin", "summary")
-        for column in table.columns[:3]:
-            column.no_wrap = True
+        table.columns[0].no_wrap = True
         for k in kinds:
             for name in catalog.names(k):
                 for entry in catalog.clashes[k].get(name) or [catalog.entries[k][name]]:
                     shown = f"{entry.plugin}:{name}" if name in catalog.clashes[k] else name
-                    table.add_row(KIND_TITLES.get(k, k), shown, entry.plugin, entry.component.summary)
+                    table.add_row(KIND_TITLES.get(k, k), shown, _short_plugin(entry.plugin),
+                                  entry.component.summary)
         console.print(table)
+
+
+def _short_plugin(name: str) -> str:
+    """Built-in plugins by their module's last part (``optim (built-in)``): the table fits 80 columns."""
+    return f"{name.removeprefix('runner_plugins.')} (built-in)" if name.startswith("runner_plugins.") else name
 
 
 def _type_name(annotation) -> str:
@@ -184,7 +189,7 @@ def plan(recipe: Annotated[str, typer.Argument(help="recipe file or packaged rec
     from runner.report import plan_table
     with handled():
         loaded, catalog = _load_with_catalog(recipe, set_)
-        data = make_plan(engine.build(loaded, catalog))
+        data = make_plan(engine.build(loaded, catalog, find_lr=False))
         if as_json:
             import json
             print(json.dumps(data))
@@ -215,6 +220,48 @@ def resume_(folder: Annotated[str, typer.Argument(help="run folder holding last.
         _train(None, [], folder)
 
 
+@app.command()
+def sweep(recipe: Annotated[str, typer.Argument(help="recipe file or packaged recipe name")],
+          grid: Annotated[list[str], typer.Option("--grid", help="key.path=v1,v2,... (YAML values); repeatable: "
+                                                               "every combination trains")] = [],
+          set_: Annotated[list[str], typer.Option("--set", help="override for every trial, key.path=value")] = [],
+          out: Annotated[Optional[str], typer.Option("--out", help="sweep folder (default: <output>/sweep-<recipe>-"
+                                                                   "<hash>, found again by the same command)")] = None,
+          optuna: Annotated[Optional[int], typer.Option("--optuna", help="sample N trials with optuna's TPE "
+                                                                         "(needs optuna: the sweep extra)")] = None,
+          range_: Annotated[list[str], typer.Option("--range", help="with --optuna: key=low:high[:log] or "
+                                                                    "key=a,b,c; repeatable")] = []):
+    """Train a recipe over a grid of overrides (or optuna-sampled trials), ranked in a leaderboard; the same
+    command again skips finished trials and continues an interrupted one."""
+    import shlex
+
+    from runner import sweep as sweeps
+    from runner.plugins import load_catalog
+
+    warned: set[str] = set()
+
+    def catalog_for(loaded):  # a fresh catalog per trial; each plugin failure warned once
+        catalog = load_catalog([*state["plugins"], *loaded.plugin_refs()])
+        for failure in catalog.plugins.failures:
+            if failure.error not in warned:
+                warned.add(failure.error)
+                errors.print(Text("warning: ", style="yellow") + Text(failure.error), soft_wrap=True)
+        return catalog
+
+    with handled():
+        plan_ = sweeps.prepare(recipe, grid, set_, optuna, range_, out, catalog_for)
+        try:
+            sweeps.run(plan_, catalog_for, sweeps.SweepDisplay(console))
+        except sweeps.SweepInterrupted as exc:
+            words = ["runner", *(w for p in state["plugins"] for w in ("--plugin", p)), "sweep", recipe,
+                     *(w for g in grid for w in ("--grid", g)), *(w for s in set_ for w in ("--set", s)),
+                     *(["--out", out] if out else []), *(["--optuna", str(optuna)] if optuna is not None else []),
+                     *(w for r in range_ for w in ("--range", r))]
+            errors.print(f"{exc}; continue with the same command: {shlex.join(words)}", soft_wrap=True,
+                         highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+
 def _train(recipe: str | None, overrides: list[str], resume: str | None) -> None:
     from runner import engine
     from runner.report import RichReport
@@ -232,6 +279,34 @@ def _train(recipe: str | None, overrides: list[str], resume: str | None) -> None
         engine.fit(run_, Path(resume) if resume else None)
     finally:
         report.stop()
+
+
+@app.command("lr-find")
+def lr_find(recipe: Annotated[str, typer.Argument(help="recipe file or packaged recipe name")],
+            set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value)")] = []):
+    """The lr range test: train briefly with an exponentially growing lr; table, suggestion and a PNG."""
+    from runner import engine, lr_finder
+    from runner.runfolder import save_json
+    with handled():
+        loaded, catalog = _load_with_catalog(recipe, set_)
+        run_ = engine.build(loaded, catalog, find_lr=False)
+        if run_.cache:
+            engine.prepare_features(run_)
+        found = loaded.settings.lr_find
+        result = lr_finder.find_lr(run_, found.start_lr, found.end_lr, found.steps, diverge=found.diverge)
+        table = Table("lr", "smoothed loss", title=f"lr range test: {loaded.name}")
+        shown = range(0, len(result.lrs), max(1, len(result.lrs) // 12))
+        for i in sorted({*shown, len(result.lrs) - 1}):
+            table.add_row(f"{result.lrs[i]:.2e}", f"{result.losses[i]:.4f}")
+        console.print(table)
+        console.print(f"{len(result.lrs)} steps; {result.stopped}")
+        out = Path(loaded.settings.output) / f"{loaded.name}-lr_find"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_json(result.as_dict(), out.with_suffix(".json"))
+        lr_finder.plot(result, out.with_suffix(".png"))
+        steep = f"; steepest fall at {result.steepest:.3g}" if result.steepest else ""
+        console.print(f"[bold]suggested lr {result.suggestion:.3g}[/] ({result.how}{steep}); picture {out}.png; "
+                      f"use it with --set optimizer.lr={result.suggestion:.3g} or optimizer: {{lr: auto}}")
 
 
 @app.command()

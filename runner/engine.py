@@ -76,6 +76,8 @@ class Run:
     best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})
     ema: Any = None
     """``torch.optim.swa_utils.AveragedModel`` of the model when the recipe sets ``ema``."""
+    lr_find: Any = None
+    """The lr finder's result when the recipe's lr is auto (written to the run folder as lr_find.json/.png)."""
     mix: Any = None
     """The batch transform (torchvision's MixUp/CutMix) that mixes training images and labels, if any."""
 
@@ -88,8 +90,10 @@ class Run:
         return self.data.classes
 
 
-def build(recipe: Recipe, catalog: Catalog) -> Run:
-    """Turn a validated recipe into a ready Run: model with its new head, data, frozen parts, optimizer."""
+def build(recipe: Recipe, catalog: Catalog, find_lr: bool = True) -> Run:
+    """Turn a validated recipe into a ready Run: model with its new head, data, frozen parts, optimizer.
+
+    With ``optimizer.lr: auto`` the lr finder runs here unless ``find_lr`` is False (the placeholder lr stays)."""
     validate_components(recipe, catalog)
     settings, params = recipe.settings, recipe.params
     component = {kind: catalog.get(kind, recipe.sections[kind]["name"]) for kind in params}
@@ -105,9 +109,9 @@ def build(recipe: Recipe, catalog: Catalog) -> Run:
     if recipe.settings.channels_last:
         model.to(memory_format=torch.channels_last)
     plan: FreezePlan = component["freeze"].build(params["freeze"], backbone)
-    optimizer = component["optimizer"].build(params["optimizer"], plan.groups)
-    for group in optimizer.param_groups:  # discriminative lrs, before any scheduler records its base lrs
-        group["lr"] *= group.get("lr_scale", 1.0)
+    auto_lr = getattr(params["optimizer"], "lr", None) == "auto"
+    optimizer, _ = _optimizer_and_schedule(component, params, plan, settings, None,
+                                           LR_PLACEHOLDER if auto_lr else None)
 
     loader_args = dict(num_workers=data.workers, persistent_workers=data.workers > 0,
                        pin_memory=device.type == "cuda")
@@ -128,7 +132,43 @@ def build(recipe: Recipe, catalog: Catalog) -> Run:
         run.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
     if settings.compile:
         run.compiled = torch.compile(model)
+    if auto_lr and find_lr:
+        _choose_lr(run, component, params, steps_per_epoch)
     return run
+
+
+LR_PLACEHOLDER = 1e-3
+"""The lr an ``lr: auto`` optimizer is built with until the lr finder has chosen (the finder sets its own)."""
+
+
+def _optimizer_and_schedule(component, params, plan: FreezePlan, settings, steps_per_epoch: int | None,
+                            lr: float | None):
+    """The optimizer over the freeze plan's groups (each at its own lr scale) and, given the steps, its schedule."""
+    optimizer_params = params["optimizer"] if lr is None else params["optimizer"].model_copy(update={"lr": lr})
+    groups = [dict(group) for group in plan.groups]  # torch keeps and fills in the dicts it is given
+    optimizer = component["optimizer"].build(optimizer_params, groups)
+    for group in optimizer.param_groups:  # discriminative lrs, before any scheduler records its base lrs
+        group["lr"] *= group.get("lr_scale", 1.0)
+    schedule = None
+    if steps_per_epoch is not None:
+        schedule = component["scheduler"].build(params["scheduler"], optimizer, settings.epochs, steps_per_epoch)
+    return optimizer, schedule
+
+
+def _choose_lr(run: Run, component, params, steps_per_epoch: int) -> None:
+    """``lr: auto``: run the range test (on cached features when the run uses them), then build the optimizer and
+    schedule at the suggested lr and record it in the resolved recipe."""
+    from runner.lr_finder import find_lr
+
+    settings = run.recipe.settings
+    if run.cache:
+        prepare_features(run)
+    found = settings.lr_find
+    run.lr_find = find_lr(run, found.start_lr, found.end_lr, found.steps, diverge=found.diverge)
+    lr = float(f"{run.lr_find.suggestion:.3g}")
+    run.optimizer, run.schedule = _optimizer_and_schedule(component, params, run.freeze_plan, settings,
+                                                          steps_per_epoch, lr)
+    run.resolved["optimizer"]["lr"] = lr
 
 
 def _batch_mixer(settings, num_classes: int):
@@ -211,6 +251,12 @@ def _evaluated_module(run: Run) -> nn.Module:
     if run.ema is None:
         return _trained_module(run)
     return run.ema.module.get_submodule(_head_name(run)) if run.cache else run.ema.module
+
+
+def prepare_features(run: Run) -> None:
+    """Swap in the cached-feature loaders once (the lr finder may have done it before fit)."""
+    if run.image_loaders is None:
+        run.cache_note += "; features " + use_cached_features(run)
 
 
 def use_cached_features(run: Run) -> str:
@@ -378,7 +424,11 @@ def fit(run: Run, resume: Path | None = None) -> dict[str, Any]:
         run.folder = Path(resume)
     started = time.perf_counter()
     if run.cache:
-        run.cache_note += "; features " + use_cached_features(run)
+        prepare_features(run)
+    if run.lr_find is not None and resume is None:
+        from runner import lr_finder
+        save_json(run.lr_find.as_dict(), run.folder / "lr_find.json")
+        lr_finder.plot(run.lr_find, run.folder / "lr_find.png")
     first = _restore(run, read_last(run.folder)) if resume is not None else 1
     run.hook.runner_run_start(run=run)
     try:

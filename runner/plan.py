@@ -20,6 +20,7 @@ def plan(run) -> dict[str, Any]:
     owner = {id(p): name for name, module in run.model.named_modules() for p in module.parameters(recurse=False)}
     module_of = dict(run.model.named_modules())
     rows, in_groups = [], set()
+    auto = run.resolved["optimizer"].get("lr") == "auto"  # not found yet: shown as auto x the group's scale
     for group in run.optimizer.param_groups:
         params = group["params"]
         in_groups |= {id(p) for p in params}
@@ -28,13 +29,14 @@ def plan(run) -> dict[str, Any]:
         rows.append({"group": group.get("name", "group"), "modules": _summarise(modules),
                      "parameters": sum(p.numel() for p in params),
                      "trains": "from epoch 1" if starts <= 1 else f"from epoch {starts}",
-                     "lr": group["lr"], "weight_decay": group.get("weight_decay", 0.0),
+                     "lr": None if auto else group["lr"], "lr_scale": group.get("lr_scale", 1.0),
+                     "weight_decay": group.get("weight_decay", 0.0),
                      "batchnorm": _bn_mode([module_of[m] for m in modules])})
     never = [p for p in run.model.parameters() if id(p) not in in_groups]
     if never:
         modules = sorted({owner[id(p)] for p in never})
         rows.insert(0, {"group": "(frozen)", "modules": _summarise(modules), "parameters": sum(p.numel() for p in never),
-                        "trains": "never", "lr": 0.0, "weight_decay": 0.0,
+                        "trains": "never", "lr": 0.0, "lr_scale": 0.0, "weight_decay": 0.0,
                         "batchnorm": _bn_mode([module_of[m] for m in modules])})
     total = sum(p.numel() for p in run.model.parameters())
     trainable = sum(r["parameters"] for r in rows if r["trains"] != "never")

@@ -30,6 +30,17 @@ class EarlyStopping(BaseModel):
     monitor: Literal["val_acc", "val_loss", "train_loss", "train_acc"] = Field("val_acc", description="metric to watch")
 
 
+class LRFind(BaseModel):
+    """The lr range test run by ``runner lr-find`` and by ``optimizer: {lr: auto}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_lr: float = Field(1e-7, gt=0, description="first learning rate of the sweep")
+    end_lr: float = Field(10.0, gt=0, description="last learning rate of the sweep")
+    steps: int = Field(100, ge=10, description="training steps of the sweep (the train set is cycled)")
+    diverge: float = Field(4.0, gt=1, description="stop once the smoothed loss exceeds this multiple of its minimum")
+
+
 class Settings(BaseModel):
     """The run settings of a recipe, beside its component sections."""
 
@@ -69,6 +80,7 @@ class Settings(BaseModel):
                             "the image and its mirror, crops the ten crops (corners, centre, and mirrors)")
     early_stopping: EarlyStopping | None = Field(None, description="stop early when val stops improving "
                                                                   "(carried out by the early_stopping plugin)")
+    lr_find: LRFind = Field(default_factory=LRFind, description="the lr range test behind optimizer.lr: auto")
     plugins: list[str] = Field([], description="plugin files (relative to the recipe) or modules to load")
     output: str = Field("runs", description="folder that run folders are created in")
 
@@ -293,7 +305,8 @@ def _validate_settings(path: Path, data: dict[str, Any], positions: dict[str, Wh
 def pydantic_problems(exc: ValidationError, recipe: Recipe, prefix: str, allowed) -> list[str]:
     """One ``file:line:col: key: what`` line per pydantic error, with a suggestion for unknown keys."""
     out = []
-    for err in exc.errors():
+    errors = _merge_union_errors(exc.errors())
+    for err in errors:
         dotted = prefix + ".".join(str(p) for p in err["loc"])
         where = recipe.where(dotted)
         if err["type"] == "extra_forbidden":
@@ -303,6 +316,24 @@ def pydantic_problems(exc: ValidationError, recipe: Recipe, prefix: str, allowed
         else:
             out.append(f"{where}: {dotted}: {err['msg'][0].lower()}{err['msg'][1:]}, got {err['input']!r}")
     return out
+
+
+def _merge_union_errors(errors: list[dict]) -> list[dict]:
+    """One error per field for a value that fits no member of a union (``float | 'auto'``): pydantic gives one
+    per member, with the member's tag appended to the location."""
+    merged: dict[tuple, dict] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        tagged = len(loc) > 1 and isinstance(loc[-1], str) and (
+            "[" in loc[-1] or loc[-1] in ("float", "int", "str", "bool", "function-after", "constrained-float"))
+        key = loc[:-1] if tagged else loc
+        if tagged and key in merged:
+            first = merged[key]
+            more = err["msg"].removeprefix("Input should ")
+            first["msg"] = f"{first['msg']} or {more[0].lower()}{more[1:]}"
+            continue
+        merged[key] = {**err, "loc": key} if tagged else err
+    return list(merged.values())
 
 
 def validate_components(recipe: Recipe, catalog) -> Recipe:

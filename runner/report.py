@@ -19,7 +19,7 @@ def plan_table(data: dict) -> Table:
     table.columns[1].overflow = "fold"
     for row in data["rows"]:
         table.add_row(row["group"], row["modules"], f"{row['parameters']:,}", row["trains"],
-                      f"{row['lr']:.3g}" if row["trains"] != "never" else "-",
+                      _plan_lr(row),
                       f"{row['weight_decay']:.3g}" if row["trains"] != "never" else "-", row["batchnorm"])
     return table
 
@@ -95,3 +95,11 @@ class RichReport:
                 self.progress.update(task, visible=False)
             self.live.stop()
             self.live = None
+
+
+def _plan_lr(row: dict) -> str:
+    if row["trains"] == "never":
+        return "-"
+    if row["lr"] is None:  # lr: auto, before the lr finder ran
+        return "auto" if row["lr_scale"] == 1 else f"auto x {row['lr_scale']:.3g}"
+    return f"{row['lr']:.3g}"

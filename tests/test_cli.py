@@ -16,7 +16,7 @@ def test_list_shows_every_kind_with_its_plugin():
     result = cli.invoke(app, ["list"])
     assert result.exit_code == 0, result.output
     for word in ("dataset", "backbone", "freeze policy", "optimizer", "scheduler", "imagefolder",
-                 "efficientnet_lite0", "all_but_head", "sgd", "step", "runner_plugins.optim"):
+                 "efficientnet_lite0", "all_but_head", "sgd", "step", "optim (built-in)"):
         assert word in result.output
 
 

@@ -352,7 +352,7 @@ def test_zero_batch_size(tmp_path, catalog):
 def test_negative_lr(tmp_path, catalog):
     path = write(tmp_path, MINIMAL.replace("optimizer: sgd", "optimizer: {name: adam, lr: -0.1}"))
     problem = only(problems_of(full, path, (), catalog))
-    assert problem == "recipe.yaml:3:25: optimizer.lr: input should be greater than 0, got -0.1"
+    assert problem == "recipe.yaml:3:25: optimizer.lr: input should be greater than 0 or be 'auto', got -0.1"
 
 
 def test_unknown_top_level_key(tmp_path):
@@ -470,7 +470,7 @@ def test_several_component_problems_are_all_reported(tmp_path, catalog):
         "recipe.yaml:1:1: dataset.root: required field missing",
         "recipe.yaml:3:3: dataset.batch_size: input should be greater than 0",
         "recipe.yaml:4:1: backbone.name: unknown backbone 'efficientnet_lite' (did you mean",
-        "recipe.yaml:7:3: optimizer.lr: input should be greater than 0, got -1",
+        "recipe.yaml:7:3: optimizer.lr: input should be greater than 0 or be 'auto', got -1",
         "recipe.yaml:8:3: optimizer.momentun: unknown field (did you mean 'momentum'?)",
         "recipe.yaml:9:25: scheduler.step_size: input should be greater than 0, got 0"))
 
