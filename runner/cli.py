@@ -58,6 +58,9 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")]
          ) -> None:
     state["debug"] = debug
     state["plugins"] = list(plugin)
+    from runner import distributed
+    if not distributed.is_main():  # under torchrun only rank 0 speaks
+        console.quiet = errors.quiet = True
 
 
 def _kind(word: str) -> str:
@@ -200,10 +203,18 @@ def plan(recipe: Annotated[str, typer.Argument(help="recipe file or packaged rec
 @app.command()
 def run(recipe: Annotated[Optional[str], typer.Argument(help="recipe file or packaged recipe name (e.g. extract)")] = None,
         set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value); repeatable")] = [],
-        resume: Annotated[Optional[str], typer.Option("--resume", help="run folder to continue from its last.pt")] = None):
+        resume: Annotated[Optional[str], typer.Option("--resume", help="run folder to continue from its last.pt")] = None,
+        nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes to train in, launched with torchrun "
+                                                                  "(data-parallel; gloo on CPU, nccl on GPU)")] = 1,
+        nnodes: Annotated[Optional[str], typer.Option(help="torchrun --nnodes (several machines)")] = None,
+        node_rank: Annotated[Optional[int], typer.Option(help="torchrun --node-rank")] = None,
+        master_addr: Annotated[Optional[str], typer.Option(help="torchrun --master-addr")] = None,
+        master_port: Annotated[Optional[int], typer.Option(help="torchrun --master-port")] = None):
     """Train a recipe; writes a run folder with the resolved recipe, metrics, checkpoints and pictures."""
     with handled():
-        if resume:
+        if nproc > 1 or nnodes:
+            _launch(recipe, set_, resume, nproc, nnodes, node_rank, master_addr, master_port)
+        elif resume:
             if recipe or set_:
                 raise RunnerError("--resume continues a run folder as it was: give no recipe and no --set")
             _train(None, [], resume)
@@ -211,6 +222,24 @@ def run(recipe: Annotated[Optional[str], typer.Argument(help="recipe file or pac
             raise RunnerError("runner run needs a recipe (a file or a packaged name such as extract) or --resume")
         else:
             _train(recipe, set_, None)
+
+
+def _launch(recipe, overrides, resume, nproc, nnodes, node_rank, master_addr, master_port) -> None:
+    """Check the recipe here (bad input fails at once, exit 2), then run the same command under torchrun."""
+    import subprocess
+
+    from runner import distributed
+    if resume:
+        _load_with_catalog(Path(resume) / "recipe.yaml", [], origin=Path(resume) / "recipe.yaml")
+        argv = ["run", "--resume", resume]
+    elif recipe is None:
+        raise RunnerError("runner run needs a recipe (a file or a packaged name such as extract) or --resume")
+    else:
+        _load_with_catalog(recipe, overrides)
+        argv = ["run", recipe, *(a for o in overrides for a in ("--set", o))]
+    flags = [*(["--debug"] if state["debug"] else []), *(a for p in state["plugins"] for a in ("--plugin", p))]
+    command = distributed.torchrun_command(nproc, [*flags, *argv], nnodes, node_rank, master_addr, master_port)
+    raise typer.Exit(subprocess.call(command))
 
 
 @app.command("resume")
@@ -279,6 +308,8 @@ def _train(recipe: str | None, overrides: list[str], resume: str | None) -> None
         engine.fit(run_, Path(resume) if resume else None)
     finally:
         report.stop()
+    from runner import distributed
+    distributed.finish()  # not after a failure: the other processes may be inside a collective; torchrun ends them
 
 
 @app.command("lr-find")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from runner import feature_cache
+from runner import distributed, feature_cache
 from runner.components import Backbone, Data, FreezePlan, Schedule
 from runner.errors import RunnerError
 from runner.hardware import faster_training_dtype, resolve_device, resolve_precision
@@ -61,6 +61,8 @@ class Run:
     val_loader: DataLoader
     hook: Any
     compiled: nn.Module | None = None
+    ddp: nn.Module | None = None
+    """The trained module in DistributedDataParallel when torchrun started several processes."""
     """``torch.compile`` of the model when the recipe asks for it; it shares the model's parameters."""
     train_dtype: torch.dtype | None = None
     """Autocast dtype for training steps; precision auto keeps fp32 where reduced precision trains slower."""
@@ -98,7 +100,8 @@ def build(recipe: Recipe, catalog: Catalog, find_lr: bool = True) -> Run:
     settings, params = recipe.settings, recipe.params
     component = {kind: catalog.get(kind, recipe.sections[kind]["name"]) for kind in params}
     torch.manual_seed(settings.seed)
-    device = resolve_device(settings.device)
+    distributed.init(settings.device)
+    device = distributed.device_for(resolve_device(settings.device))
 
     backbone: Backbone = component["backbone"].build(params["backbone"])
     data: Data = component["dataset"].build(params["dataset"], backbone.preprocess, recipe.base_dir)
@@ -113,20 +116,16 @@ def build(recipe: Recipe, catalog: Catalog, find_lr: bool = True) -> Run:
     optimizer, _ = _optimizer_and_schedule(component, params, plan, settings, None,
                                            LR_PLACEHOLDER if auto_lr else None)
 
-    loader_args = dict(num_workers=data.workers, persistent_workers=data.workers > 0,
-                       pin_memory=device.type == "cuda")
-    train_loader = DataLoader(data.train, batch_size=data.batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(settings.seed), **loader_args)
-    val_loader = DataLoader(data.val, batch_size=data.val_batch_size, shuffle=False, **loader_args)
+    train_loader, val_loader = _loaders(data.train, data.val, data, settings.seed, recipe, device)
     steps_per_epoch = math.ceil(len(train_loader) / settings.accumulate)
     schedule = component["scheduler"].build(params["scheduler"], optimizer, settings.epochs, steps_per_epoch)
     run = Run(recipe=recipe, resolved=recipe.resolved(), device=device,
               autocast_dtype=resolve_precision(settings.precision, device), backbone=backbone, data=data,
               freeze_plan=plan, optimizer=optimizer, schedule=schedule, train_loader=train_loader,
-              val_loader=val_loader, hook=catalog.pm.hook)
+              val_loader=val_loader, hook=catalog.pm.hook if distributed.is_main() else distributed.Silent())
     run.mix = _batch_mixer(settings, len(data.classes))
     run.cache, run.cache_note = _cache_decision(run)
-    run.train_dtype, run.precision_note = _training_precision(run)
+    run.train_dtype, run.precision_note = distributed.from_main(_training_precision(run))
     if settings.ema is not None:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         run.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
@@ -134,7 +133,40 @@ def build(recipe: Recipe, catalog: Catalog, find_lr: bool = True) -> Run:
         run.compiled = torch.compile(model)
     if auto_lr and find_lr:
         _choose_lr(run, component, params, steps_per_epoch)
+    _wrap_for_processes(run)
     return run
+
+
+def _loaders(train, val, data: Data, seed: int, recipe: Recipe, device: torch.device,
+             workers: int | None = None) -> tuple[DataLoader, DataLoader]:
+    """Shuffled train and ordered val loaders; under torchrun each process loads its share (DistributedSampler
+    for training, every val item once over all processes) and ``batch_size`` stays the global batch."""
+    workers = data.workers if workers is None else workers
+    args = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    if not distributed.active():
+        return (DataLoader(train, batch_size=data.batch_size, shuffle=True,
+                           generator=torch.Generator().manual_seed(seed), **args),
+                DataLoader(val, batch_size=data.val_batch_size, shuffle=False, **args))
+    from torch.utils.data.distributed import DistributedSampler
+
+    n = distributed.world()
+    if data.batch_size % n:
+        raise RunnerError(f"{recipe.where('dataset.batch_size')}: dataset.batch_size {data.batch_size} is the "
+                          f"global batch and must divide by the {n} processes; try {data.batch_size // n * n or n}")
+    return (DataLoader(train, batch_size=data.batch_size // n, sampler=DistributedSampler(train, seed=seed), **args),
+            DataLoader(val, batch_size=-(-data.val_batch_size // n), sampler=distributed.Shard(len(val)), **args))
+
+
+def _wrap_for_processes(run: Run) -> None:
+    """Under torchrun, the trained module (model, or head on cached features) in DistributedDataParallel; called
+    again whenever what trains changes, since DDP registers the parameters that need gradients when it wraps."""
+    if not distributed.active():
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    module = run.backbone.head if run.cache else (run.compiled if run.compiled is not None else run.model)
+    ids = [run.device.index] if run.device.type == "cuda" else None
+    run.ddp = DistributedDataParallel(module, device_ids=ids)
 
 
 LR_PLACEHOLDER = 1e-3
@@ -232,7 +264,9 @@ def _to_device(run: Run, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def _trained_module(run: Run) -> nn.Module:
-    """What a batch goes through: the head alone on cached features, else the whole model."""
+    """What a batch goes through: the head alone on cached features, else the whole model (in DDP under torchrun)."""
+    if run.ddp is not None:
+        return run.ddp
     if run.cache:
         return run.backbone.head
     return run.compiled if run.compiled is not None else run.model
@@ -269,10 +303,10 @@ def use_cached_features(run: Run) -> str:
     forward = functools.partial(_eval_logits, run)
     train_x, train_y, hit_train = feature_cache.cached_features(run, data.train, views, forward, "train")
     val_x, val_y, hit_val = feature_cache.cached_features(run, data.val, 1, forward, "val")
-    run.train_loader = DataLoader(feature_cache.CachedFeatures(train_x, train_y, settings.seed),
-                                  batch_size=data.batch_size, shuffle=True,
-                                  generator=torch.Generator().manual_seed(settings.seed))
-    run.val_loader = DataLoader(feature_cache.CachedFeatures(val_x, val_y), batch_size=data.val_batch_size)
+    run.train_loader, run.val_loader = _loaders(feature_cache.CachedFeatures(train_x, train_y, settings.seed),
+                                                feature_cache.CachedFeatures(val_x, val_y), data, settings.seed,
+                                                run.recipe, run.device, workers=0)
+    _wrap_for_processes(run)
     how = "loaded from cache" if hit_train and hit_val else "extracted"
     return f"{how} in {time.perf_counter() - started:.1f} s"
 
@@ -283,6 +317,8 @@ def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
     loader = run.train_loader if train else run.val_loader
     if train and isinstance(loader.dataset, feature_cache.CachedFeatures):
         loader.dataset.set_epoch(epoch)
+    if train and hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)  # DistributedSampler: a new order each epoch, the same in every process
     module = _trained_module(run) if train else _evaluated_module(run)
     module.train(train)
     criterion = nn.CrossEntropyLoss(label_smoothing=run.recipe.settings.label_smoothing if train else 0.0)
@@ -307,7 +343,8 @@ def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
             seen += labels.size(0)
             run.hook.runner_batch_end(run=run, epoch=epoch, phase=phase, batch=batch, size=labels.size(0))
     seconds = time.perf_counter() - started
-    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": seen, "seconds": seconds}
+    loss_sum, correct, seen = distributed.sum_all([loss_sum, correct, seen], run.device)
+    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": int(seen), "seconds": seconds}
 
 
 def training_step(run: Run, loss: torch.Tensor, batch: int, batches: int, epoch: int) -> None:
@@ -395,6 +432,7 @@ def _restore(run: Run, state: dict[str, Any]) -> int:
         run.epoch = epoch
         if run.freeze_plan.on_epoch is not None and run.freeze_plan.on_epoch(epoch):
             _after_unfreeze(run)
+            _wrap_for_processes(run)
     run.model.load_state_dict(state["model"])
     if run.ema is not None and state.get("ema") is not None:
         run.ema.load_state_dict(state["ema"])
@@ -418,14 +456,16 @@ def fit(run: Run, resume: Path | None = None) -> dict[str, Any]:
     """
     settings = run.recipe.settings
     if resume is None:
-        run.folder = new_run_folder(Path(settings.output), run.recipe.name)
-        save_yaml(run.resolved, run.folder / "recipe.yaml")
+        if distributed.is_main():
+            run.folder = new_run_folder(Path(settings.output), run.recipe.name)
+            save_yaml(run.resolved, run.folder / "recipe.yaml")
+        run.folder = distributed.from_main(run.folder)
     else:
         run.folder = Path(resume)
     started = time.perf_counter()
     if run.cache:
         prepare_features(run)
-    if run.lr_find is not None and resume is None:
+    if run.lr_find is not None and resume is None and distributed.is_main():
         from runner import lr_finder
         save_json(run.lr_find.as_dict(), run.folder / "lr_find.json")
         lr_finder.plot(run.lr_find, run.folder / "lr_find.png")
@@ -435,15 +475,17 @@ def fit(run: Run, resume: Path | None = None) -> dict[str, Any]:
         _epochs(run, first)
     except KeyboardInterrupt:
         raise RunInterrupted(run.folder, run.epoch) from None
-    best_state = torch.load(run.folder / "best.pt", map_location="cpu", weights_only=True)
-    run.model.load_state_dict(best_state["model"])
+    if distributed.is_main():  # the others end with the last weights: they write nothing
+        best_state = torch.load(run.folder / "best.pt", map_location="cpu", weights_only=True)
+        run.model.load_state_dict(best_state["model"])
     summary = {"recipe": run.recipe.name, "best_val_acc": run.best["val_acc"], "best_epoch": run.best["epoch"],
                "epochs": settings.epochs, "epochs_run": run.epoch, "stopped": run.stop,
                "wall_s": round(time.perf_counter() - started, 2), "folder": str(run.folder),
                "classes": list(run.classes), "cache": run.cache_note, "precision": run.precision_note,
                "resumed_at": first if resume is not None else None,
                "skipped_images": {"count": len(run.data.skipped), "first": run.data.skipped[:5]}}
-    save_json(summary, run.folder / "summary.json")
+    if distributed.is_main():
+        save_json(summary, run.folder / "summary.json")
     run.hook.runner_run_end(run=run, summary=summary)
     return summary
 
@@ -454,6 +496,7 @@ def _epochs(run: Run, first: int) -> None:
         run.epoch = epoch
         if run.freeze_plan.on_epoch is not None and run.freeze_plan.on_epoch(epoch):
             _after_unfreeze(run)
+            _wrap_for_processes(run)
         lrs = [group["lr"] for group in run.optimizer.param_groups]
         train = run_phase(run, "train", epoch)
         if run.schedule.scheduler is not None and run.schedule.interval == "epoch":
@@ -468,9 +511,12 @@ def _epochs(run: Run, first: int) -> None:
         }
         if improved:
             run.best = {"val_acc": val["acc"], "epoch": epoch}
-            save_torch(checkpoint(run, epoch, val["acc"]), run.folder / "best.pt")
+            if distributed.is_main():
+                save_torch(checkpoint(run, epoch, val["acc"]), run.folder / "best.pt")
         run.hook.runner_epoch_end(run=run, epoch=epoch, metrics=metrics)
-        save_torch(last_state(run, epoch), run.folder / "last.pt")
+        if distributed.is_main():
+            save_torch(last_state(run, epoch), run.folder / "last.pt")
+        run.stop = distributed.from_main(run.stop)  # plugins (early stopping) decide on rank 0
         if run.stop:
             break
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from runner import distributed
 from runner.runfolder import save_torch
 
 STOCHASTIC = (nn.modules.dropout._DropoutNd,)
@@ -125,18 +126,24 @@ def cached_features(run, dataset, views: int, forward_images, tag: str) -> tuple
     key = _fingerprint(run.model, dataset, [tag, views, run.recipe.settings.seed, str(run.autocast_dtype),
                                             run.recipe.settings.channels_last, type(run.model).__name__])
     path = cache_dir() / f"{key}.pt" if key else None
-    if path is not None and path.is_file():
+    if distributed.from_main(path is not None and path.is_file()):  # every process takes the same branch
         try:
             saved = torch.load(path, weights_only=True)
             return saved["features"], saved["labels"], True
         except Exception:  # a damaged cache file is rebuilt, never trusted
+            if distributed.active():
+                raise
             path.unlink(missing_ok=True)
     torch.manual_seed(run.recipe.settings.seed + len(tag))
-    features, labels = extract(run, dataset, views, forward_images)
+    # under torchrun each process extracts items rank::world, then all gather the whole
+    shard = Subset(dataset, distributed.Shard(len(dataset)).indices) if distributed.active() else dataset
+    features, labels = extract(run, shard, views, forward_images)
+    features = distributed.gather_shards(features, len(dataset), 1, run.device)
+    labels = distributed.gather_shards(labels, len(dataset), 0, run.device)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if run.autocast_dtype is not None and features.abs().max() < 6e4:
             features = features.half()  # half the memory; a reduced-precision run loses nothing by it
-        save_torch({"features": features, "labels": labels}, path)
-        features = torch.load(path, weights_only=True)["features"]  # train on exactly what a rerun would load
+        if distributed.is_main():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_torch({"features": features, "labels": labels}, path)  # a rerun loads exactly these values
     return features, labels, False

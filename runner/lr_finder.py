@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runner import distributed
 from runner.errors import RunnerError
 
 
@@ -95,7 +96,7 @@ def find_lr(run, start: float = 1e-7, end: float = 10.0, steps: int = 100, beta:
             images, labels = _to_device(run, images), labels.to(run.device)
             with _autocast(run, train=True):
                 loss = criterion(module(images).float(), labels)
-            value = loss.item()
+            value = distributed.sum_all([loss.item()], run.device)[0] / distributed.world()  # all agree
             if not math.isfinite(value):
                 stopped = f"loss not finite at lr {lr:.3g}"
                 break
