@@ -123,20 +123,40 @@ def _type_name(annotation) -> str:
 
 
 @app.command()
-def show(kind: Annotated[str, typer.Argument(help="component kind")],
-         name: Annotated[str, typer.Argument(help="component name")]):
-    """Show a component's parameters: type, default and help."""
+def show(kind: Annotated[str, typer.Argument(help="component kind, or 'settings' for the run settings")],
+         name: Annotated[Optional[str], typer.Argument(help="component name")] = None):
+    """Show a component's parameters (or the recipe's run settings): type, default and help."""
     with handled():
+        if kind == "settings":
+            from runner.recipe import Settings
+            console.print("[bold]run settings[/]: the recipe's keys beside its component sections")
+            console.print(_fields_table("setting", Settings))
+            return
         k = _kind(kind)
+        if name is None:
+            raise RunnerError(f"runner show {kind} needs a component name; runner list {kind} shows them")
         catalog = _catalog()
         component = catalog.get(k, name)
         console.print(f"[bold]{KIND_TITLES.get(k, k)} {name}[/] ({catalog.entry(k, name).plugin}): "
                       f"{component.summary}")
-        table = Table("parameter", "type", "default", "help")
-        for field, info in component.params.model_fields.items():
-            default = "required" if info.is_required() else repr(info.default)
-            table.add_row(field, _type_name(info.annotation), default, info.description or "")
-        console.print(table)
+        console.print(_fields_table("parameter", component.params))
+
+
+def _fields_table(title: str, model) -> Table:
+    """One row per field of a pydantic model; nested models (early_stopping, lr_find) as ``key.field`` rows."""
+    from pydantic import BaseModel
+
+    table = Table(title, "type", "default", "help")
+    for field, info in model.model_fields.items():
+        default = "required" if info.is_required() else repr(info.default)
+        nested = [a for a in (info.annotation, *typing.get_args(info.annotation))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        table.add_row(field, nested[0].__name__ if nested else _type_name(info.annotation),
+                      "-" if nested else default, info.description or "")
+        for sub, sub_info in (nested[0].model_fields.items() if nested else ()):
+            table.add_row(f"  {field}.{sub}", _type_name(sub_info.annotation), repr(sub_info.default),
+                          sub_info.description or "")
+    return table
 
 
 @app.command()

@@ -58,14 +58,21 @@ def _put_back(run, saved: dict) -> None:
 def suggest(lrs: list[float], losses: list[float]) -> tuple[float, str]:
     """A tenth of the lr at the smoothed loss's minimum (fastai's ``lr_min``): robust to the noise of small
     batches, where the steepest slope often lands on a noisy wiggle at the start."""
-    low = min(range(len(losses)), key=losses.__getitem__)
+    low = _lowest(losses)
     return lrs[low] / 10, f"a tenth of {lrs[low]:.3g}, where the smoothed loss is lowest"
+
+
+def _lowest(losses: list[float]) -> int:
+    """Where the smoothed loss is lowest, past the first tenth of the sweep: there the average rests on a few
+    batches and a lucky one reads as a minimum at an lr far too small to train."""
+    first = len(losses) // 10
+    return min(range(first, len(losses)), key=losses.__getitem__)
 
 
 def steepest(lrs: list[float], losses: list[float]) -> float | None:
     """The lr where the smoothed loss falls fastest against log lr, between a tenth of the way in and the minimum
     (shown beside the suggestion, as fastai does)."""
-    low = min(range(len(losses)), key=losses.__getitem__)
+    low = _lowest(losses)
     first = max(1, len(losses) // 10)
     if low - first < 2:
         return None
@@ -74,7 +81,7 @@ def steepest(lrs: list[float], losses: list[float]) -> float | None:
     return lrs[min(slopes, key=slopes.__getitem__)]
 
 
-def find_lr(run, start: float = 1e-7, end: float = 10.0, steps: int = 100, beta: float = 0.98,
+def find_lr(run, start: float = 1e-7, end: float = 10.0, steps: int = 300, beta: float = 0.98,
             diverge: float = 4.0) -> LRFindResult:
     """The range test on ``run``'s training data and trained module; the run is left exactly as it was."""
     from runner.engine import _autocast, _to_device, _trained_module
@@ -118,7 +125,7 @@ def find_lr(run, start: float = 1e-7, end: float = 10.0, steps: int = 100, beta:
     finally:
         _put_back(run, saved)
         module.train(was_training)
-    if len(losses) < 5 or min(losses) >= losses[0]:
+    if len(losses) < 5 or losses[_lowest(losses)] >= losses[0]:
         raise RunnerError(
             f"the lr finder found no lr where the loss falls ({stopped} after {len(losses)} steps from "
             f"{start:g}); the model is untouched. Lower lr_find.start_lr, or set optimizer.lr yourself")

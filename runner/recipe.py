@@ -37,7 +37,8 @@ class LRFind(BaseModel):
 
     start_lr: float = Field(1e-7, gt=0, description="first learning rate of the sweep")
     end_lr: float = Field(10.0, gt=0, description="last learning rate of the sweep")
-    steps: int = Field(100, ge=10, description="training steps of the sweep (the train set is cycled)")
+    steps: int = Field(300, ge=10, description="training steps of the sweep (the train set is cycled); small "
+                                               "batches need a few hundred for the loss to move at useful lrs")
     diverge: float = Field(4.0, gt=1, description="stop once the smoothed loss exceeds this multiple of its minimum")
 
 

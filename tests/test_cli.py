@@ -67,3 +67,11 @@ def test_extract_recipe_on_the_tutorial_images_reaches_90_percent(tmp_path, hyme
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["best_val_acc"] >= 0.90
     assert summary["classes"] == ["ants", "bees"]
+
+
+def test_show_settings_lists_the_run_settings_with_nested_sections():
+    result = cli.invoke(app, ["show", "settings"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for word in ("mixup", "cutmix", "ema", "grad_clip", "accumulate", "tta", "lr_find.steps", "early_stopping.patience"):
+        assert word in result.output
+    assert cli.invoke(app, ["show", "backbone"]).exit_code == 2
