@@ -46,7 +46,7 @@ def _lr_find_summary(path: Path) -> dict | None:
         return None
     found = json.loads(path.read_text())
     losses, lrs = found["losses"], found["lrs"]
-    low = min(range(len(losses)), key=losses.__getitem__)
+    low = lrs.index(min(lrs, key=lambda lr: abs(lr - 10 * found["suggestion"])))  # the finder's minimum
     return {"suggestion": found["suggestion"], "how": found["how"], "steepest": found["steepest"],
             "stopped": found["stopped"], "steps": len(lrs), "lr_at_min_loss": lrs[low], "min_loss": losses[low],
             "first_loss": losses[0], "last_lr": lrs[-1], "last_loss": losses[-1], "lrs": lrs, "losses": losses}

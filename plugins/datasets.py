@@ -148,29 +148,36 @@ def drop_bad_images(split: ImageFolder, policy: str) -> list[tuple[str, str]]:
     return bad
 
 
-def build_imagefolder(params: ImageFolderParams, preprocess: Preprocess, base_dir: Path) -> Data:
-    root = find_root(params.root, base_dir, params.url)
-    train_tf, val_tf = image_transforms(preprocess, params.augment)
-    train, val = _split(root, params.train, train_tf), _split(root, params.val, val_tf)
+def finish_image_files(train, val, params: ImageFileParams, preprocess: Preprocess, name: str) -> Data:
+    """Preload (sets of at most 20,000 images under ``preload: auto``), drop unreadable images, and refuse classes
+    left with no training image: the steps every dataset of image files ends with."""
     preload = params.preload if params.preload != "auto" else len(train) + len(val) <= 20_000
     if preload:
         train.loader = MemoryLoader(2 * preprocess.resize if params.augment != "none" else preprocess.resize,
                                     preprocess.interpolation)
         val.loader = MemoryLoader(preprocess.resize, preprocess.interpolation)
     bad = drop_bad_images(train, params.bad_images) + drop_bad_images(val, params.bad_images)
-    empty = [c for i, c in enumerate(train.classes) if i not in set(train.targets)]
+    kept = set(train.targets)
+    empty = [c for i, c in enumerate(train.classes) if i not in kept]
     if empty:
-        raise RunnerError(f"dataset {root / params.train}: class folder(s) {empty} hold no readable images; add "
-                          "images or remove the folders")
+        raise RunnerError(f"dataset {name}: class(es) {empty} have no readable training images; add images or leave "
+                          "the class out")
+    return Data(classes=train.classes, train=train, val=val, batch_size=params.batch_size,
+                val_batch_size=params.val_batch_size or max(params.batch_size, 64),
+                workers=resolve_workers(params.workers), augmented=params.augment != "none",
+                skipped=[f"{p} ({why})" for p, why in bad])
+
+
+def build_imagefolder(params: ImageFolderParams, preprocess: Preprocess, base_dir: Path) -> Data:
+    root = find_root(params.root, base_dir, params.url)
+    train_tf, val_tf = image_transforms(preprocess, params.augment)
+    train, val = _split(root, params.train, train_tf), _split(root, params.val, val_tf)
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
         raise RunnerError(f"dataset {root}: train and val have different classes (only in train: {only_train}, "
                           f"only in val: {only_val})")
-    return Data(classes=train.classes, train=train, val=val, batch_size=params.batch_size,
-                val_batch_size=params.val_batch_size or max(params.batch_size, 64),
-                workers=resolve_workers(params.workers),
-                augmented=params.augment != "none", skipped=[f"{p} ({why})" for p, why in bad])
+    return finish_image_files(train, val, params, preprocess, str(root / params.train))
 
 
 @hookimpl

@@ -20,8 +20,7 @@ from runner.datafiles import find_root, search_path
 from runner.errors import RunnerError, did_you_mean
 from runner.hookspecs import hookimpl
 from runner.images import read_rgb
-from runner_plugins.datasets import (ImageFileParams, ImageFolder, MemoryLoader, drop_bad_images, image_transforms,
-                                     resolve_workers)
+from runner_plugins.datasets import ImageFileParams, ImageFolder, finish_image_files, image_transforms
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": "json", ".ndjson": "json"}
 """Label file extension -> CSV delimiter, or ``json`` for one JSON object per line."""
@@ -252,27 +251,6 @@ def _label_order(labels) -> list[str]:
     return sorted(labels)
 
 
-def finish(train: LabelledImages, val: LabelledImages, params: ImageFileParams, preprocess: Preprocess,
-           name: str) -> Data:
-    """Preload (the imagefolder rule: sets of at most 20,000 images), drop unreadable images, and refuse classes
-    left with no training image: the steps every image-file dataset ends with."""
-    preload = params.preload if params.preload != "auto" else len(train) + len(val) <= 20_000
-    if preload:
-        train.loader = MemoryLoader(2 * preprocess.resize if params.augment != "none" else preprocess.resize,
-                                    preprocess.interpolation)
-        val.loader = MemoryLoader(preprocess.resize, preprocess.interpolation)
-    bad = drop_bad_images(train, params.bad_images) + drop_bad_images(val, params.bad_images)
-    kept = set(train.targets)
-    empty = [c for i, c in enumerate(train.classes) if i not in kept]
-    if empty:
-        raise RunnerError(f"dataset {name}: class(es) {empty} have no readable training images; add images or leave "
-                          "the class out")
-    return Data(classes=train.classes, train=train, val=val, batch_size=params.batch_size,
-                val_batch_size=params.val_batch_size or max(params.batch_size, 64),
-                workers=resolve_workers(params.workers), augmented=params.augment != "none",
-                skipped=[f"{p} ({why})" for p, why in bad])
-
-
 def build_csv(params: LabelFileParams, preprocess: Preprocess, base_dir: Path) -> Data:
     ways = [w for w in ("split_column", "val_file", "val_fraction") if getattr(params, w) is not None]
     if len(ways) != 1:
@@ -324,7 +302,7 @@ def build_csv(params: LabelFileParams, preprocess: Preprocess, base_dir: Path) -
     train_tf, val_tf = image_transforms(preprocess, params.augment)
     train = LabelledImages(root or file.parent, [(p, index[c]) for p, c in train_samples], classes, train_tf)
     val = LabelledImages(root or (val_file or file).parent, [(p, index[c]) for p, c in val_samples], classes, val_tf)
-    return finish(train, val, params, preprocess, str(file))
+    return finish_image_files(train, val, params, preprocess, str(file))
 
 
 def build_folder(params: FolderParams, preprocess: Preprocess, base_dir: Path) -> Data:
@@ -344,7 +322,7 @@ def build_folder(params: FolderParams, preprocess: Preprocess, base_dir: Path) -
         raise RunnerError(f"dataset {root}: the val split has no images; classes need two images or more")
     index = listing.class_to_idx
     train_tf, val_tf = image_transforms(preprocess, params.augment)
-    return finish(LabelledImages(root, [(p, index[c]) for p, c in train], listing.classes, train_tf),
+    return finish_image_files(LabelledImages(root, [(p, index[c]) for p, c in train], listing.classes, train_tf),
                   LabelledImages(root, [(p, index[c]) for p, c in val], listing.classes, val_tf),
                   params, preprocess, str(root))
 

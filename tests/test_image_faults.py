@@ -102,7 +102,7 @@ def test_class_folder_without_readable_images(tmp_path):
     root = make_imagefolder(tmp_path / "data")
     for image in (root / "train" / "dogs").iterdir():
         image.write_bytes(b"")
-    with pytest.raises(RunnerError, match=r"class folder\(s\) \['dogs'\] hold no readable images"):
+    with pytest.raises(RunnerError, match=r"class\(es\) \['dogs'\] have no readable training images"):
         build(root)
 
 
