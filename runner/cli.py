@@ -411,11 +411,12 @@ def evaluate(run_folder: Annotated[str, typer.Argument(help="run folder (or chec
         trained = inference.load_trained(run_folder, catalog, tta=tta)
         if data:
             folder = Path(data)
-            files, labels = inference.labelled_files(folder, trained.classes)
+            result = inference.evaluate(trained, *inference.labelled_files(folder, trained.classes))
         else:
             folder = f"the recipe's {split} split"
-            files, labels = inference.recipe_split(trained, split, catalog)
-        result = inference.evaluate(trained, files, labels)
+            found = inference.recipe_split(trained, split, catalog)
+            result = (inference.evaluate(trained, *found) if isinstance(found, tuple)
+                      else inference.evaluate_dataset(trained, found, split))
         out = trained.folder / "confusion.png"
         inference.plot_confusion(result, out)
         if as_json:
@@ -455,11 +456,15 @@ def export_(run_folder: Annotated[str, typer.Argument(help="run folder (or check
             raise RunnerError(f"--format {format}: expected torchscript or onnx{did_you_mean(format, ['torchscript', 'onnx'])}")
         catalog = _catalog()
         trained = inference.load_trained(run_folder, catalog, device="cpu")
-        files = inference.image_files([images]) if images else inference.recipe_split(trained, "val", catalog)[0]
-        files = files[:8]
-        transform = trained.preprocess.eval_transform()
-        from torchvision.datasets.folder import default_loader
-        batch = torch.stack([transform(default_loader(str(f))) for f in files])
+        found = inference.image_files([images]) if images else inference.recipe_split(trained, "val", catalog)
+        if isinstance(found, (tuple, list)):  # files: through the checkpoint's preprocessing
+            files = (found[0] if isinstance(found, tuple) else found)[:8]
+            transform = trained.preprocess.eval_transform()
+            from torchvision.datasets.folder import default_loader
+            batch = torch.stack([transform(default_loader(str(f))) for f in files])
+        else:  # a dataset that yields tensors itself
+            files = range(min(8, len(found)))
+            batch = torch.stack([found[i][0] for i in files])
         target = Path(out) if out else trained.folder / ("model.torchscript.pt" if format == "torchscript" else "model.onnx")
         diff = inference.export(trained, batch, format, target)
         console.print(f"wrote {target}; max abs difference to eager PyTorch on {len(files)} real images: {diff:.2e}")

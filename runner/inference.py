@@ -137,21 +137,25 @@ def predict_files(trained: Trained, files: list[Path], top_k: int = 3, batch_siz
     return rows
 
 
-def recipe_split(trained: Trained, split: str, catalog) -> tuple[list[Path], list[int]]:
-    """The files and labels of a split of the checkpoint recipe's own dataset component.
-
-    Works for datasets that list their files as ``samples`` (ImageFolder and its kin); others need ``--data``.
-    """
+def recipe_dataset(trained: Trained, split: str, catalog):
+    """A split of the checkpoint recipe's own dataset component, as the recipe builds it."""
     if split not in ("train", "val"):
         raise RunnerError(f"--split {split}: expected train or val")
     section = dict(trained.recipe["dataset"])
     component = catalog.get("dataset", section.pop("name"))
     data = component.build(component.params.model_validate(section), trained.preprocess, trained.recipe_path.parent)
-    samples = getattr(getattr(data, split), "samples", None)
-    if samples is None:
-        raise RunnerError(f"the recipe's dataset does not list its {split} files: use --data FOLDER")
     if list(data.classes) != trained.classes:
         raise RunnerError(f"the recipe's dataset now has classes {data.classes}, the model {trained.classes}")
+    return getattr(data, split)
+
+
+def recipe_split(trained: Trained, split: str, catalog) -> tuple[list[Path], list[int]] | Dataset:
+    """The files and labels of a split of the recipe's dataset when it lists them as ``samples`` (ImageFolder and
+    its kin: then predict-time preprocessing and TTA apply); else the dataset itself, yielding ready tensors."""
+    dataset = recipe_dataset(trained, split, catalog)
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return dataset
     return [Path(path) for path, _ in samples], [int(label) for _, label in samples]
 
 
@@ -176,14 +180,26 @@ def labelled_files(folder: Path, classes: list[str]) -> tuple[list[Path], list[i
 
 def evaluate(trained: Trained, files: list[Path], labels: list[int], batch_size: int = 32) -> dict:
     """Accuracy, per-class precision/recall/F1, the confusion matrix and the most confidently wrong images."""
+    batches = _batches(trained, Files(files, trained.transform(), labels), batch_size)
+    return _scores(trained, batches, [str(f) for f in files])
+
+
+def evaluate_dataset(trained: Trained, dataset, name: str, batch_size: int = 64) -> dict:
+    """:func:`evaluate` for a dataset that yields (tensor, label) itself (no files: items are named
+    ``name[index]``); its own transform applies, so TTA does not."""
+    batches = ((images, [int(t) for t in targets], [True] * len(targets))
+               for images, targets in DataLoader(dataset, batch_size=batch_size))
+    return _scores(trained, batches, [f"{name}[{i}]" for i in range(len(dataset))])
+
+
+def _scores(trained: Trained, batches, names: list[str]) -> dict:
     n = len(trained.classes)
     confusion = torch.zeros(n, n, dtype=torch.long)
     wrong, index, skipped = [], 0, []
-    for images, targets, oks in _batches(trained, Files(files, trained.transform(), labels),
-                                         batch_size):
+    for images, targets, oks in batches:
         probs = iter(trained.probabilities(images)) if images is not None else iter(())
         for target, ok in zip(targets, oks):
-            file = files[index]
+            file = names[index]
             index += 1
             if not ok:
                 skipped.append(str(file))

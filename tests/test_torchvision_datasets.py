@@ -176,6 +176,14 @@ def test_extract_run_end_to_end_caches_features(tmp_path, fashion):
     assert summary["best_val_acc"] > 0.3  # chance is 0.1
     best = torch.load(folder / "best.pt", weights_only=True)
     assert best["preprocess"]["size"] == 32 and best["preprocess"]["resize"] == 37
+    # evaluate and export read the recipe's own split, which lists no files: the dataset's tensors are used
+    result = cli.invoke(app, ["evaluate", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    assert scores["images"] == 50 and scores["accuracy"] == pytest.approx(summary["best_val_acc"], abs=0.02)
+    assert scores["most_confident_wrong"] == [] or scores["most_confident_wrong"][0]["file"].startswith("val[")
+    exported = cli.invoke(app, ["export", str(folder)])
+    assert exported.exit_code == 0, exported.output
 
 
 def test_fashion_mnist_recipe_validates():
