@@ -48,7 +48,9 @@ def fit(recipe, resume=None, plugin=None):
     dict(freeze={"name": "gradual", "start": 1, "every": 1}, scheduler={"name": "step", "step_size": 1, "gamma": 0.5}),
     # cached features with augmented views and a per-step schedule
     dict(cache="features", views=2, scheduler="cosine"),
-], ids=["gradual", "cached-views"])
+    # the whole model with an EMA of its weights, mixed batches, accumulated and clipped gradients
+    dict(freeze="none", ema=0.8, mixup=0.4, accumulate=2, grad_clip=1.0),
+], ids=["gradual", "cached-views", "ema-mixup-accumulate"])
 def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, imagefolder, sections):
     whole_recipe = write_recipe(tmp_path / "whole", imagefolder, epochs=3, **sections)
     whole, _ = fit(whole_recipe)
