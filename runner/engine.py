@@ -112,13 +112,11 @@ def build(recipe: Recipe, catalog: Catalog, find_lr: bool = True) -> Run:
     if recipe.settings.channels_last:
         model.to(memory_format=torch.channels_last)
     plan: FreezePlan = component["freeze"].build(params["freeze"], backbone)
-    auto_lr = getattr(params["optimizer"], "lr", None) == "auto"
-    optimizer, _ = _optimizer_and_schedule(component, params, plan, settings, None,
-                                           LR_PLACEHOLDER if auto_lr else None)
-
     train_loader, val_loader = _loaders(data.train, data.val, data, settings.seed, recipe, device)
     steps_per_epoch = math.ceil(len(train_loader) / settings.accumulate)
-    schedule = component["scheduler"].build(params["scheduler"], optimizer, settings.epochs, steps_per_epoch)
+    auto_lr = getattr(params["optimizer"], "lr", None) == "auto"
+    optimizer, schedule = _optimizer_and_schedule(component, params, plan, settings, steps_per_epoch,
+                                                  LR_PLACEHOLDER if auto_lr else None)
     run = Run(recipe=recipe, resolved=recipe.resolved(), device=device,
               autocast_dtype=resolve_precision(settings.precision, device), backbone=backbone, data=data,
               freeze_plan=plan, optimizer=optimizer, schedule=schedule, train_loader=train_loader,
@@ -173,18 +171,14 @@ LR_PLACEHOLDER = 1e-3
 """The lr an ``lr: auto`` optimizer is built with until the lr finder has chosen (the finder sets its own)."""
 
 
-def _optimizer_and_schedule(component, params, plan: FreezePlan, settings, steps_per_epoch: int | None,
-                            lr: float | None):
-    """The optimizer over the freeze plan's groups (each at its own lr scale) and, given the steps, its schedule."""
+def _optimizer_and_schedule(component, params, plan: FreezePlan, settings, steps_per_epoch: int, lr: float | None):
+    """The optimizer over the freeze plan's groups (each at its own lr scale, at ``lr`` if given) and its schedule."""
     optimizer_params = params["optimizer"] if lr is None else params["optimizer"].model_copy(update={"lr": lr})
     groups = [dict(group) for group in plan.groups]  # torch keeps and fills in the dicts it is given
     optimizer = component["optimizer"].build(optimizer_params, groups)
     for group in optimizer.param_groups:  # discriminative lrs, before any scheduler records its base lrs
         group["lr"] *= group.get("lr_scale", 1.0)
-    schedule = None
-    if steps_per_epoch is not None:
-        schedule = component["scheduler"].build(params["scheduler"], optimizer, settings.epochs, steps_per_epoch)
-    return optimizer, schedule
+    return optimizer, component["scheduler"].build(params["scheduler"], optimizer, settings.epochs, steps_per_epoch)
 
 
 def _choose_lr(run: Run, component, params, steps_per_epoch: int) -> None:
