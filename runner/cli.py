@@ -94,6 +94,14 @@ def _load_with_catalog(recipe, overrides: list[str], origin: Path | None = None)
     return loaded, made["catalog"]
 
 
+def _load_resumed(folder: str):
+    """A run folder's resolved recipe, relative paths taken from the recipe file it was made from (in last.pt)."""
+    from runner import engine
+
+    state = engine.read_last(Path(folder))
+    return _load_with_catalog(Path(folder) / "recipe.yaml", [], origin=Path(state["recipe_path"]))
+
+
 @app.command("list")
 def list_(kind: Annotated[Optional[str], typer.Argument(help="one kind: datasets, backbones, freeze, ...")] = None):
     """List every component by kind, with the plugin that provides it."""
@@ -250,7 +258,7 @@ def _launch(recipe, overrides, resume, nproc, nnodes, node_rank, master_addr, ma
 
     from runner import distributed
     if resume:
-        _load_with_catalog(Path(resume) / "recipe.yaml", [], origin=Path(resume) / "recipe.yaml")
+        _load_resumed(resume)
         argv = ["run", "--resume", resume]
     elif recipe is None:
         raise RunnerError("runner run needs a recipe (a file or a packaged name such as extract) or --resume")
@@ -316,9 +324,7 @@ def _train(recipe: str | None, overrides: list[str], resume: str | None) -> None
     from runner.report import RichReport
 
     if resume:
-        folder = Path(resume)
-        state = engine.read_last(folder)
-        loaded, catalog = _load_with_catalog(folder / "recipe.yaml", [], origin=Path(state["recipe_path"]))
+        loaded, catalog = _load_resumed(resume)
     else:
         loaded, catalog = _load_with_catalog(recipe, overrides)
     run_ = engine.build(loaded, catalog)

@@ -123,7 +123,9 @@ def build(recipe: Recipe, catalog: Catalog, find_lr: bool = True) -> Run:
               val_loader=val_loader, hook=catalog.pm.hook if distributed.is_main() else distributed.Silent())
     run.mix = _batch_mixer(settings, len(data.classes))
     run.cache, run.cache_note = _cache_decision(run)
-    run.train_dtype, run.precision_note = distributed.from_main(_training_precision(run))
+    # measured in rank 0 alone (the others would contend for its cores and skew it), then the same everywhere
+    run.train_dtype, run.precision_note = distributed.from_main(
+        _training_precision(run) if distributed.is_main() else None)
     if settings.ema is not None:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         run.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
@@ -228,9 +230,8 @@ def _cache_decision(run: Run) -> tuple[bool, str]:
     mode = run.recipe.settings.cache
     if mode == "off":
         return False, "off"
-    blocked = feature_cache.why_not_cacheable(run.model, run.backbone.head)
-    if run.mix is not None:
-        blocked = "mixup and cutmix mix whole images"
+    blocked = ("mixup and cutmix mix whole images" if run.mix is not None
+               else feature_cache.why_not_cacheable(run.model, run.backbone.head))
     if blocked:
         if mode == "features":
             raise RunnerError(f"{run.recipe.where('cache')}: cache: features needs a frozen trunk: {blocked}")
@@ -341,6 +342,13 @@ def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": int(seen), "seconds": seconds}
 
 
+def clip_gradients(run: Run) -> None:
+    """Clip the norm of every gradient the optimizer holds to the recipe's ``grad_clip`` (when set)."""
+    if run.recipe.settings.grad_clip is not None:
+        grads = [p for g in run.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(grads, run.recipe.settings.grad_clip)
+
+
 def training_step(run: Run, loss: torch.Tensor, batch: int, batches: int, epoch: int) -> None:
     """Backward one batch's loss; every ``accumulate`` batches (and at the epoch's end) clip, step, average."""
     if not torch.isfinite(loss):
@@ -353,9 +361,7 @@ def training_step(run: Run, loss: torch.Tensor, batch: int, batches: int, epoch:
     (loss / group).backward()
     if batch + 1 < first + group:
         return
-    if settings.grad_clip is not None:
-        trained = [p for g in run.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(trained, settings.grad_clip)
+    clip_gradients(run)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if run.ema is not None:

@@ -84,7 +84,7 @@ def steepest(lrs: list[float], losses: list[float]) -> float | None:
 def find_lr(run, start: float = 1e-7, end: float = 10.0, steps: int = 300, beta: float = 0.98,
             diverge: float = 4.0) -> LRFindResult:
     """The range test on ``run``'s training data and trained module; the run is left exactly as it was."""
-    from runner.engine import _autocast, _to_device, _trained_module
+    from runner.engine import _autocast, _to_device, _trained_module, clip_gradients
 
     saved = _snapshot(run)
     module = _trained_module(run)
@@ -109,9 +109,7 @@ def find_lr(run, start: float = 1e-7, end: float = 10.0, steps: int = 300, beta:
                 break
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if run.recipe.settings.grad_clip is not None:
-                params = [p for g in run.optimizer.param_groups for p in g["params"] if p.grad is not None]
-                torch.nn.utils.clip_grad_norm_(params, run.recipe.settings.grad_clip)
+            clip_gradients(run)
             run.optimizer.step()
             average = beta * average + (1 - beta) * value
             smoothed = average / (1 - beta ** (step + 1))
