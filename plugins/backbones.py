@@ -9,10 +9,8 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from runner.components import Backbone, Component, Params, Preprocess
-from runner.errors import RunnerError
-from runner.hookspecs import hookimpl
-from runner.weights import load_state_dict, load_strict
+from runner.api import (Backbone, Component, Params, Preprocess, RunnerError, did_you_mean, hookimpl, load_state_dict,
+                        load_strict)
 
 
 # -- torchvision -------------------------------------------------------------------------------------------------
@@ -35,7 +33,6 @@ def build_torchvision(params: TorchvisionParams) -> Backbone:
     from torchvision import models
 
     if params.model not in models.list_models(module=models):
-        from runner.errors import did_you_mean
         raise RunnerError(f"unknown torchvision model '{params.model}'"
                           f"{did_you_mean(params.model, models.list_models(module=models))}")
     enum = models.get_model_weights(params.model)
@@ -91,7 +88,6 @@ def build_timm(params: TimmParams) -> Backbone:
     import timm
 
     if not timm.list_models(params.model):
-        from runner.errors import did_you_mean
         raise RunnerError(f"unknown timm model '{params.model}'{did_you_mean(params.model, timm.list_models())}")
     model = timm.create_model(params.model, pretrained=False)
     if params.weights:

@@ -3,118 +3,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
-from PIL import Image
 from pydantic import Field
-from torchvision import datasets, transforms
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from runner.components import Component, Data, Params, Preprocess
-from runner.datafiles import find_root
-from runner.errors import RunnerError
-from runner.hookspecs import hookimpl
-from runner.images import BadImage, read_rgb, walk_files
-
-
-class LoaderParams(Params):
-    """Batch and loader settings every dataset component shares."""
-
-    batch_size: int = Field(32, gt=0, description="training batch size")
-    val_batch_size: int | None = Field(None, gt=0, description="validation batch size (default: max(batch_size, 64); "
-                                                               "it does not change results)")
-    workers: int | Literal["auto"] = Field("auto", description="loader worker processes; auto: none on 2 cores or "
-                                                               "fewer (workers there steal the cores the model "
-                                                               "needs), else min(4, cores - 1)")
-
-
-class ImageFileParams(LoaderParams):
-    """Settings of datasets made of image files on disk."""
-
-    preload: bool | Literal["auto"] = Field(
-        "auto", description="decode each image once and keep it in memory, downsized to what the transforms need "
-                            "(train: shorter side at most 2x the resize, val: the resize); auto: for sets of at "
-                            "most 20,000 images")
-    bad_images: Literal["skip", "error"] = Field(
-        "skip", description="files that are not readable images (corrupt, truncated, empty, too large): skip them "
-                            "with a count in the summary, or stop with the list")
-    augment: Literal["standard", "none"] = Field(
-        "standard", description="standard: random resized crop + horizontal flip (the tutorial's); none: the val "
-                                "transform")
+from runner.api import (Component, Data, ImageFileParams, ImageFolder, Preprocess, RunnerError, finish_image_files,
+                        find_root, hookimpl, image_transforms)
 
 
 class ImageFolderParams(ImageFileParams):
     root: str = Field(description="folder holding the split folders; relative to the recipe, the working "
                                   "directory or a folder on RUNNER_DATA_PATH")
     url: str | None = Field(None, description="zip to download and unpack once when root is not found")
+    sha256: str | None = Field(None, pattern="^[0-9a-fA-F]{64}$",
+                               description="the zip's SHA-256, checked before it is unpacked")
     train: str = Field("train", description="training split folder under root")
     val: str = Field("val", description="validation split folder under root")
 
 
-def resolve_workers(workers: int | str) -> int:
-    """Loader workers for ``workers: auto``: none on 2 cores or fewer, else min(4, cores - 1)."""
-    if workers != "auto":
-        return int(workers)
-    cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(4, cores - 1)
-
-
-def image_transforms(pre: Preprocess, augment: str) -> tuple[transforms.Compose, transforms.Compose]:
-    """Train and val transforms from the backbone's preprocessing: nothing here is hard-coded per model."""
-    interp = transforms.InterpolationMode(pre.interpolation)
-    tail = [transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)]
-    val = pre.eval_transform()
-    if augment == "none":
-        return val, val
-    train = transforms.Compose([transforms.RandomResizedCrop(pre.size, interpolation=interp),
-                                transforms.RandomHorizontalFlip(), *tail])
-    return train, val
-
-
-class MemoryLoader:
-    """An image loader that decodes each file once and keeps it, its shorter side cut to ``shorter`` pixels.
-
-    Downsizing with the transform's own interpolation to no less than the first resize the transform makes leaves
-    the val transform's output unchanged; decoding is then paid once per run, not once per epoch.
-    """
-
-    def __init__(self, shorter: int, interpolation: str):
-        self.shorter, self.interpolation = shorter, interpolation
-        self.images: dict[str, Image.Image] = {}
-
-    def __call__(self, path: str) -> Image.Image:
-        image = self.images.get(path)
-        if image is None:
-            image = read_rgb(path)
-            if min(image.size) > self.shorter:
-                mode = transforms.InterpolationMode(self.interpolation)
-                image = transforms.functional.resize(image, self.shorter, interpolation=mode)
-            self.images[path] = image
-        return image
-
-    def __repr__(self) -> str:
-        return f"MemoryLoader(shorter={self.shorter}, interpolation={self.interpolation})"
-
-
-class ImageFolder(datasets.ImageFolder):
-    """torchvision's ImageFolder, made robust: hidden folders are no classes, hidden files no images, symlink
-    loops are walked once, and every image is read as RGB whatever its mode."""
-
-    def __init__(self, root: str, transform=None, loader=read_rgb):
-        super().__init__(root, transform=transform, loader=loader, allow_empty=True)
-
-    def find_classes(self, directory):
-        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
-        if not classes:
-            raise FileNotFoundError(f"no class folders in {directory}")
-        return classes, {name: i for i, name in enumerate(classes)}
-
-    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        return [(str(path), index) for name, index in sorted(class_to_idx.items())
-                for path in walk_files(Path(directory) / name, IMG_EXTENSIONS)]
-
-
 def _split(root: Path, name: str, transform) -> ImageFolder:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     folder = root / name
     if not folder.is_dir():
         raise RunnerError(f"dataset split folder {folder} does not exist; expected {root}/{name}/<class>/<image>")
@@ -128,48 +36,8 @@ def _split(root: Path, name: str, transform) -> ImageFolder:
     return split
 
 
-def drop_bad_images(split: ImageFolder, policy: str) -> list[tuple[str, str]]:
-    """Check every image of ``split`` and drop the unreadable: decoded through a MemoryLoader (which keeps them,
-    so the check is the preload), else by header only."""
-    bad, good = [], []
-    check = split.loader if isinstance(split.loader, MemoryLoader) else (lambda p: read_rgb(p, decode=False))
-    for path, label in split.samples:
-        try:
-            check(path)
-            good.append((path, label))
-        except BadImage as exc:
-            bad.append((path, str(exc)))
-    if bad and policy == "error":
-        shown = "; ".join(f"{p}: {why}" for p, why in bad[:3])
-        raise RunnerError(f"{len(bad)} unreadable image(s) in {split.root} ({shown}{'; ...' if len(bad) > 3 else ''}); "
-                          "fix or remove them, or set dataset.bad_images: skip")
-    split.samples = split.imgs = good
-    split.targets = [label for _, label in good]
-    return bad
-
-
-def finish_image_files(train, val, params: ImageFileParams, preprocess: Preprocess, name: str) -> Data:
-    """Preload (sets of at most 20,000 images under ``preload: auto``), drop unreadable images, and refuse classes
-    left with no training image: the steps every dataset of image files ends with."""
-    preload = params.preload if params.preload != "auto" else len(train) + len(val) <= 20_000
-    if preload:
-        train.loader = MemoryLoader(2 * preprocess.resize if params.augment != "none" else preprocess.resize,
-                                    preprocess.interpolation)
-        val.loader = MemoryLoader(preprocess.resize, preprocess.interpolation)
-    bad = drop_bad_images(train, params.bad_images) + drop_bad_images(val, params.bad_images)
-    kept = set(train.targets)
-    empty = [c for i, c in enumerate(train.classes) if i not in kept]
-    if empty:
-        raise RunnerError(f"dataset {name}: class(es) {empty} have no readable training images; add images or leave "
-                          "the class out")
-    return Data(classes=train.classes, train=train, val=val, batch_size=params.batch_size,
-                val_batch_size=params.val_batch_size or max(params.batch_size, 64),
-                workers=resolve_workers(params.workers), augmented=params.augment != "none",
-                skipped=[f"{p} ({why})" for p, why in bad])
-
-
 def build_imagefolder(params: ImageFolderParams, preprocess: Preprocess, base_dir: Path) -> Data:
-    root = find_root(params.root, base_dir, params.url)
+    root = find_root(params.root, base_dir, params.url, params.sha256)
     train_tf, val_tf = image_transforms(preprocess, params.augment)
     train, val = _split(root, params.train, train_tf), _split(root, params.val, val_tf)
     if train.classes != val.classes:
@@ -180,7 +48,15 @@ def build_imagefolder(params: ImageFolderParams, preprocess: Preprocess, base_di
     return finish_image_files(train, val, params, preprocess, str(root / params.train))
 
 
+def imagefolder_classes(params: ImageFolderParams, base_dir: Path) -> list[str]:
+    """The class folders of the training split, without reading an image (``runner plan``)."""
+    folder = find_root(params.root, base_dir, params.url, params.sha256) / params.train
+    if not folder.is_dir():
+        raise RunnerError(f"dataset split folder {folder} does not exist")
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
 @hookimpl
 def runner_datasets():
     return [Component("imagefolder", "train/ and val/ folders with one sub-folder of images per class",
-                      build_imagefolder, ImageFolderParams)]
+                      build_imagefolder, ImageFolderParams, classes=imagefolder_classes)]

@@ -15,12 +15,8 @@ from typing import Any
 from pydantic import Field
 from torch.utils.data import Dataset
 
-from runner.components import Component, Data, Preprocess
-from runner.datafiles import find_root, search_path
-from runner.errors import RunnerError, did_you_mean
-from runner.hookspecs import hookimpl
-from runner.images import read_rgb
-from runner_plugins.datasets import ImageFileParams, ImageFolder, finish_image_files, image_transforms
+from runner.api import (Component, Data, ImageFileParams, ImageFolder, Preprocess, RunnerError, did_you_mean,
+                        finish_image_files, find_root, hookimpl, image_transforms, read_rgb, search_path)
 
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": "json", ".ndjson": "json"}
 """Label file extension -> CSV delimiter, or ``json`` for one JSON object per line."""
@@ -227,21 +223,37 @@ def resolve_rows(rows, root: Path, path_column: str, label_column: str, classes:
         if label is None:
             problems.append(f"{where}: empty {label_column}; expected the image's class label")
         elif classes is not None and label not in classes:
-            problems.append(f"{where}: label '{label}' is not a class{did_you_mean(label, classes)}; expected one of "
-                            f"{', '.join(classes)}")
+            problems.append(f"{where}: label '{_shown(label)}' is not a class{did_you_mean(label, classes)}; expected "
+                            f"one of {', '.join(classes)}")
             label = None
         if path is None:
             continue
-        target = (root / path).resolve()
+        shown = _shown(path)
+        try:  # a path the OS cannot look up is a bad row like any other, not a traceback
+            if "\0" in path:
+                raise ValueError("it contains a NUL byte")
+            target = (root / path).resolve()
+            is_file = target.is_file()
+        except (OSError, ValueError, RuntimeError) as exc:  # too long, NUL, symlink loop (a RuntimeError in 3.11)
+            why = "a symlink loop" if isinstance(exc, RuntimeError) else getattr(exc, "strerror", None) or str(exc)
+            problems.append(f"{where}: path '{shown}' cannot be looked up ({why}); expected an image path relative "
+                            f"to {root}")
+            continue
         if not target.is_relative_to(real_root):
-            problems.append(f"{where}: path '{path}' leaves the dataset root {real_root} (it is {target}); expected "
+            problems.append(f"{where}: path '{shown}' leaves the dataset root {real_root} (it is {target}); expected "
                             "a path inside it")
-        elif not target.is_file():
-            problems.append(f"{where}: image '{path}' not found (no file {root / path}); expected a path relative to "
+        elif not is_file:
+            problems.append(f"{where}: image '{shown}' not found (no file {root / path}); expected a path relative to "
                             f"{root}")
         elif label is not None:
             good.append((where, str(target), label))
     return good
+
+
+def _shown(text: str, width: int = 80) -> str:
+    """``text`` fit for a one-line message: control characters escaped, cut to ``width`` characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _label_order(labels) -> list[str]:

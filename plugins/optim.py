@@ -16,8 +16,7 @@ from typing import Annotated, Any, Literal, Union
 import torch
 from pydantic import Field, create_model
 
-from runner.components import Component, Params, Schedule
-from runner.hookspecs import hookimpl
+from runner.api import Component, Params, Schedule, hookimpl
 
 # -- optimizers ---------------------------------------------------------------------------------------------------
 

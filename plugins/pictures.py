@@ -10,9 +10,24 @@ import json
 import math
 
 import torch
+from pydantic import Field
 
-from runner.hookspecs import hookimpl
-from runner.figures import pyplot, save_figure
+from runner.api import Params, Section, hookimpl, pyplot, save_figure
+
+RUNNER_API = "1.0"
+
+
+class Pictures(Params):
+    batch: bool = Field(True, description="batch.png: a training batch as the model sees it, before training")
+    curves: bool = Field(True, description="curves.png: loss, accuracy and lr per epoch, when the run ends")
+    predictions: int = Field(16, ge=0, description="predictions.png: this many val images with predicted and true "
+                                                   "labels, when the run ends (0: none)")
+
+
+@hookimpl
+def runner_recipe_sections():
+    return [Section("pictures", "PNG pictures of the data, the curves and the predictions in the run folder",
+                    Pictures, on_by_default=True)]
 
 
 def denormalise(image: torch.Tensor, preprocess) -> torch.Tensor:
@@ -47,11 +62,13 @@ def _items(dataset, count: int, seed: int):
 
 @hookimpl
 def runner_run_start(run):
-    if run.epoch:  # a resumed run keeps the batch picture it started with
+    wanted = run.section("pictures")
+    if wanted is None or not wanted.batch or run.resumed:  # a resumed run keeps the batch picture it started with
         return
-    items = _items(run.data.train, min(16, len(run.data.train)), run.recipe.settings.seed)
+    train = run.dataset("train")
+    items = _items(train, min(16, len(train)), run.seed)
     titles = [run.classes[int(label)] for _, label in items]
-    image_grid([image for image, _ in items], titles, ["black"] * len(items), run.backbone.preprocess,
+    image_grid([image for image, _ in items], titles, ["black"] * len(items), run.preprocess,
                run.folder / "batch.png", "a training batch, augmented as the model sees it")
 
 
@@ -78,20 +95,24 @@ def plot_curves(rows: list[dict], path) -> None:
 
 @hookimpl
 def runner_run_end(run, summary):
+    wanted = run.section("pictures")
+    if wanted is None:
+        return
     metrics = run.folder / "metrics.jsonl"
-    if metrics.is_file():
+    if wanted.curves and metrics.is_file():
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         if rows:
             plot_curves(rows, run.folder / "curves.png")
-    from runner.engine import predict
-
-    items = _items(run.data.val, min(16, len(run.data.val)), run.recipe.settings.seed)
+    val = run.dataset("val")
+    if not wanted.predictions or not len(val):
+        return
+    items = _items(val, min(wanted.predictions, len(val)), run.seed)
     images = torch.stack([image for image, _ in items])
-    probs = predict(run, images)
+    probs = run.predict(images)
     titles, colours = [], []
     for (_, label), p in zip(items, probs):
         guess = int(p.argmax())
         titles.append(f"{run.classes[guess]} {p[guess]:.2f}\n(true: {run.classes[int(label)]})")
         colours.append("black" if guess == int(label) else "red")
-    image_grid(list(images), titles, colours, run.backbone.preprocess, run.folder / "predictions.png",
+    image_grid(list(images), titles, colours, run.preprocess, run.folder / "predictions.png",
                f"val predictions (best weights, epoch {summary['best_epoch']}); wrong in red")

@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import importlib.util
 
-from runner.hookspecs import hookimpl
+from pydantic import Field
 
-WRITERS: dict[int, object] = {}
+from runner.api import Params, Section, hookimpl
+
+RUNNER_API = "1.0"
+WRITERS: dict[str, object] = {}
+
+
+class TensorBoard(Params):
+    dir: str = Field("tensorboard", description="folder inside the run folder for the event files")
 
 
 def available() -> bool:
@@ -17,28 +24,35 @@ def available() -> bool:
 
 
 @hookimpl
+def runner_recipe_sections():
+    return [Section("tensorboard", "TensorBoard event files in the run folder (when the tensorboard extra is "
+                                   "installed; tensorboard: false turns it off)", TensorBoard, on_by_default=True)]
+
+
+@hookimpl
 def runner_run_start(run):
-    if available():
+    settings = run.section("tensorboard")
+    if settings is not None and available():
         from torch.utils.tensorboard import SummaryWriter
 
-        WRITERS[id(run)] = SummaryWriter(str(run.folder / "tensorboard"))
+        WRITERS[str(run.folder)] = SummaryWriter(str(run.folder / settings.dir))
 
 
 @hookimpl
 def runner_epoch_end(run, epoch, metrics):
-    writer = WRITERS.get(id(run))
+    writer = WRITERS.get(str(run.folder))
     if writer is None:
         return
     for key in ("train_loss", "val_loss", "train_acc", "val_acc", "images_per_s"):
         writer.add_scalar(key.replace("_", "/", 1), metrics[key], epoch)
-    for group, lr in zip(run.optimizer.param_groups, metrics["lr"]):
-        writer.add_scalar(f"lr/{group.get('name', 'group')}", lr, epoch)
+    for name, lr in zip(run.group_names, metrics["lr"]):
+        writer.add_scalar(f"lr/{name}", lr, epoch)
     writer.flush()
 
 
 @hookimpl
 def runner_run_end(run, summary):
-    writer = WRITERS.pop(id(run), None)
+    writer = WRITERS.pop(str(run.folder), None)
     if writer is not None:
         writer.add_text("summary", f"best val acc {summary['best_val_acc']:.4f} at epoch {summary['best_epoch']}")
         writer.close()

@@ -28,11 +28,8 @@ from pydantic import Field, field_validator
 from torchvision import datasets, transforms
 from torchvision.datasets.vision import VisionDataset
 
-from runner.components import Component, Data, Preprocess
-from runner.datafiles import data_cache, find_root
-from runner.errors import RunnerError, did_you_mean
-from runner.hookspecs import hookimpl
-from runner_plugins.datasets import LoaderParams, resolve_workers
+from runner.api import (Component, Data, LoaderParams, Preprocess, RunnerError, data_cache, did_you_mean, find_root,
+                        hookimpl, resolve_workers)
 
 # Where a Debian package puts a dataset, and which package: named in the error when its files are missing.
 DEBIAN = {"FashionMNIST": ("dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist")}

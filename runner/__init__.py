@@ -1,5 +1,35 @@
-"""runner: transfer-learning runs for image classification from YAML recipes and pluggy components."""
-from runner.hookspecs import hookimpl
+"""runner: transfer-learning runs for image classification from YAML recipes and pluggy components.
 
-__all__ = ["hookimpl"]
-__version__ = "0.1.0"
+From a program or a notebook::
+
+    import runner
+    result = runner.run("recipes/extract.yaml", overrides={"epochs": 5})
+    runner.load(result.folder).predict(["photo.jpg"])
+
+Plugins import :mod:`runner.api`. Names load on first use, so ``import runner`` costs nothing.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.2.0"
+
+_NAMES = {
+    "run": "runner.workflow", "load": "runner.workflow", "recipe": "runner.workflow", "plan": "runner.workflow",
+    "components": "runner.workflow", "Result": "runner.workflow", "Model": "runner.workflow",
+    "RunnerError": "runner.errors", "PluginError": "runner.errors", "hookimpl": "runner.hookspecs",
+}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runner' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "__version__"])

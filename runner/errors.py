@@ -38,3 +38,10 @@ def did_you_mean(word: str, choices) -> str:
         if matcher.real_quick_ratio() >= 0.6 and matcher.ratio() >= 0.6:
             scored.append((-matcher.ratio(), choice))  # ties go to the first in sorted order (lite0, not lite2)
     return f" (did you mean '{min(scored)[1]}'?)" if scored else ""
+
+
+class PluginError(RunnerError):
+    """A plugin's own user error (a bad parameter, a file it cannot use): one line naming the plugin, exit 2.
+
+    Raise it from a component's ``build`` or a hook; the engine prefixes the plugin and component it came from.
+    Any other exception from a plugin is a bug in it and shows its traceback."""

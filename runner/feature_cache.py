@@ -9,12 +9,16 @@ image instead of a fresh one every epoch, which is the price of not running the 
 
 Features are kept in fp16 for runs under reduced-precision autocast (fp32 for fp32 runs) and cached on disk under ``$RUNNER_CACHE_DIR`` (default ``~/.cache/runner/features``), keyed by the
 trunk's weights, the preprocessing, the file list (paths, sizes, mtimes), the views, seed and precision, so a
-changed file or weight never reuses a stale cache.
+changed file or weight never reuses a stale cache. A cache file is still only a file: each one loaded is checked
+against the data set it claims to cover (rows, feature shape, dtype, finite values, the samples' labels) and rebuilt
+with a one-line warning when anything differs. A cache that cannot be written (full disk, unwritable folder) is a
+warning too: the run trains on the features it just extracted.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from runner import distributed
+from runner.errors import RunnerError
 from runner.runfolder import save_torch
 
 STOCHASTIC = (nn.modules.dropout._DropoutNd,)
@@ -121,19 +126,70 @@ def extract(run, dataset, views: int, forward_images) -> tuple[torch.Tensor, tor
     return torch.stack(all_views), torch.cat(labels)
 
 
+def _warn(message: str) -> None:
+    if distributed.is_main():
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def _mismatch(run, dataset, views: int, saved, forward_images) -> str | None:
+    """None when ``saved`` holds features and labels for every item of ``dataset``; else what differs.
+
+    The feature shape is what the head receives for the dataset's first item, so a cache from another model or a
+    tampered file is caught before it trains anything.
+    """
+    if not isinstance(saved, dict) or not all(torch.is_tensor(saved.get(k)) for k in ("features", "labels")):
+        return "not a dict of features and labels tensors"
+    features, labels = saved["features"], saved["labels"]
+    dtypes = (torch.float32, torch.float16) if run.autocast_dtype is not None else (torch.float32,)
+    if features.dtype not in dtypes or labels.dtype != torch.int64:
+        return f"dtypes {features.dtype} and {labels.dtype}, expected {dtypes[-1]} and torch.int64"
+    if features.shape[:2] != (views, len(dataset)) or labels.shape != (len(dataset),):
+        return (f"{tuple(features.shape[:2])} views x rows and {len(labels)} labels, expected "
+                f"({views}, {len(dataset)}) and {len(dataset)}")
+    item = _item_shape(run, dataset, forward_images) if len(dataset) else ()
+    if tuple(features.shape[2:]) != item:
+        return f"features of shape {tuple(features.shape[2:])}, expected {item}"
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(run.classes):
+        return f"labels outside 0..{len(run.classes) - 1}"
+    targets = getattr(dataset, "targets", None)
+    if targets is not None and not torch.equal(labels, torch.as_tensor(list(targets), dtype=torch.int64)):
+        return "labels that differ from the data set's"
+    if not torch.isfinite(features).all():
+        return "non-finite values"
+    return None
+
+
+def _item_shape(run, dataset, forward_images) -> tuple[int, ...]:
+    """The shape of what the head receives for the dataset's first item."""
+    shapes = []
+    handle = run.backbone.head.register_forward_pre_hook(lambda module, args: shapes.append(args[0].shape[1:]))
+    run.model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():  # its transform may be random: the run's
+            forward_images(dataset[0][0].unsqueeze(0))                     # random numbers stay as they were
+    finally:
+        handle.remove()
+    return tuple(shapes[0])
+
+
 def cached_features(run, dataset, views: int, forward_images, tag: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Features for ``dataset``, from the disk cache when its key matches, else extracted and saved."""
+    """Features for ``dataset``, from the disk cache when its key matches and its contents fit the data set, else
+    extracted and saved (when the cache folder takes them)."""
     key = _fingerprint(run.model, dataset, [tag, views, run.recipe.settings.seed, str(run.autocast_dtype),
                                             run.recipe.settings.channels_last, type(run.model).__name__])
     path = cache_dir() / f"{key}.pt" if key else None
     if distributed.from_main(path is not None and path.is_file()):  # every process takes the same branch
         try:
             saved = torch.load(path, weights_only=True)
+        except Exception as exc:  # a damaged cache file is rebuilt, never trusted
+            saved = exc
+        problem = (f"unreadable ({type(saved).__name__})" if isinstance(saved, Exception)
+                   else _mismatch(run, dataset, views, saved, forward_images))
+        if distributed.from_main(problem) is None:  # rank 0's verdict, so all rebuild or none
+            if problem is not None:
+                raise RunnerError(f"feature cache {path}: {problem} in this process only; remove it and rerun")
             return saved["features"], saved["labels"], True
-        except Exception:  # a damaged cache file is rebuilt, never trusted
-            if distributed.active():
-                raise
-            path.unlink(missing_ok=True)
+        _warn(f"feature cache {path} does not fit the {tag} data ({problem}); rebuilding it")
     torch.manual_seed(run.recipe.settings.seed + len(tag))
     # under torchrun each process extracts items rank::world, then all gather the whole
     shard = Subset(dataset, distributed.Shard(len(dataset)).indices) if distributed.active() else dataset
@@ -144,6 +200,9 @@ def cached_features(run, dataset, views: int, forward_images, tag: str) -> tuple
         if run.autocast_dtype is not None and features.abs().max() < 6e4:
             features = features.half()  # half the memory; a reduced-precision run loses nothing by it
         if distributed.is_main():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_torch({"features": features, "labels": labels}, path)  # a rerun loads exactly these values
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_torch({"features": features, "labels": labels}, path)  # a rerun loads exactly these values
+            except (OSError, RunnerError) as exc:  # a cache is an optimisation: the run goes on without it
+                _warn(f"feature cache not written ({str(exc).splitlines()[0]}); training on the extracted features")
     return features, labels, False

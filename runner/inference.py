@@ -15,10 +15,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
-from runner.components import Preprocess
+from runner.types import Preprocess
 from runner.errors import RunnerError, did_you_mean
 from runner.hardware import resolve_device, resolve_precision
 from runner.weights import load_strict
+
+DISTRIBUTION = "runner-transfer"
+"""This project's name on the package index (``runner`` there is another project): used in install hints."""
 
 
 @dataclass
@@ -53,16 +56,13 @@ class Trained:
 def load_trained(ref: str | Path, catalog, device: str = "auto", tta: str | None = None) -> Trained:
     """The model of a run folder (its best.pt) or of a checkpoint file, ready for inference; ``tta`` overrides
     the recipe's test-time augmentation."""
+    from runner import checkpoint
+
     path = Path(ref)
     file = path / "best.pt" if path.is_dir() else path
     if not file.is_file():
         raise RunnerError(f"{ref}: no checkpoint (expected a run folder with best.pt, or a .pt file)")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RunnerError(f"{file}: not a runner checkpoint: {str(exc).splitlines()[0]}") from None
-    if not isinstance(state, dict) or not {"model", "classes", "preprocess", "recipe"} <= set(state):
-        raise RunnerError(f"{file}: not a runner checkpoint (needs model, classes, preprocess and recipe)")
+    state = checkpoint.load(file, "best")
     section = dict(state["recipe"]["backbone"])
     component = catalog.get("backbone", section.pop("name"))
     backbone = component.build(component.params.model_validate(section))
@@ -244,22 +244,68 @@ def plot_confusion(result: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def export_batch(trained: Trained, images: str | None, catalog) -> torch.Tensor:
+    """The real images an export is checked on: up to 8 files of ``images`` (a folder or file) or else of the
+    recipe's val split, through the checkpoint's preprocessing; a val split that lists no files gives its own
+    tensors."""
+    found = image_files([images]) if images else recipe_split(trained, "val", catalog)
+    if isinstance(found, (tuple, list)):  # files: through the checkpoint's preprocessing
+        files = (found[0] if isinstance(found, tuple) else found)[:8]
+        transform = trained.preprocess.eval_transform()
+        batch = torch.stack([transform(default_loader(str(f))) for f in files])
+    else:  # a dataset that yields tensors itself
+        files = range(min(8, len(found)))
+        batch = torch.stack([found[i][0] for i in files])
+    return batch
+
+
+FORMATS = {"export": "model.pt2", "onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+"""Export formats and their default file names: a ``torch.export`` program (the default), ONNX, and TorchScript
+(deprecated by torch; kept for old consumers)."""
+
+
+def format_of(path: str | Path) -> str:
+    """The export format a file name implies: .pt2 a torch.export program, .onnx ONNX, else TorchScript."""
+    suffix = Path(path).suffix.lower()
+    return {".pt2": "export", ".onnx": "onnx"}.get(suffix, "torchscript")
+
+
+def export_path(trained: Trained, fmt: str) -> Path:
+    """Where an export goes unless told: model.pt2, model.onnx or model.torchscript.pt in the run folder."""
+    return trained.folder / FORMATS[fmt]
+
+
 def export(trained: Trained, batch: torch.Tensor, fmt: str, out: Path) -> float:
-    """Write the model as TorchScript or ONNX with its preprocessing; the max abs difference to eager on ``batch``."""
+    """Write the model as a torch.export program, ONNX or TorchScript with its classes and preprocessing; the max
+    abs difference of the written file's outputs to eager PyTorch on ``batch``."""
     model = trained.model.float().eval()
     cpu = torch.device("cpu")
     model.to(cpu)
     meta = json.dumps({"classes": trained.classes, "preprocess": trained.preprocess.__dict__})
     with torch.inference_mode():
         eager = model(batch)
-    if fmt == "torchscript":
-        with torch.no_grad():
-            traced = torch.jit.trace(model, batch)
+    if fmt == "export":
+        batch_dim = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(model, (batch,), dynamic_shapes=({0: batch_dim},))
         buffer = __import__("io").BytesIO()
-        torch.jit.save(traced, buffer, _extra_files={"runner.json": meta})
+        torch.export.save(program, buffer, extra_files={"runner.json": meta})
         from runner.runfolder import save_bytes
         save_bytes(buffer.getvalue(), out)
-        loaded = torch.jit.load(str(out))
+        with torch.inference_mode():
+            exported = torch.export.load(str(out)).module()(batch)
+    elif fmt == "torchscript":
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch deprecates TorchScript; the CLI says so once
+            traced = torch.jit.trace(model, batch)
+        buffer = __import__("io").BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(traced, buffer, _extra_files={"runner.json": meta})
+            from runner.runfolder import save_bytes
+            save_bytes(buffer.getvalue(), out)
+            loaded = torch.jit.load(str(out))
         with torch.inference_mode():
             exported = loaded(batch)
     else:
@@ -267,7 +313,7 @@ def export(trained: Trained, batch: torch.Tensor, fmt: str, out: Path) -> float:
             import onnx  # noqa: F401
             import onnxruntime
         except ImportError:
-            raise RunnerError("ONNX export needs the onnx extra: pip install 'runner[onnx]' "
+            raise RunnerError(f"ONNX export needs the onnx extra: pip install '{DISTRIBUTION}[onnx]' "
                               "(onnx, onnxscript, onnxruntime)") from None
         torch.onnx.export(model, (batch,), str(out), input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})

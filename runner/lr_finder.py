@@ -35,15 +35,15 @@ class LRFindResult:
 
 
 def _snapshot(run) -> dict:
-    from runner.engine import _generators
+    from runner.engine.run import generators
 
     return {"model": copy.deepcopy(run.model.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
-            "rng": torch.get_rng_state(), "generators": [g.get_state() for g in _generators(run)],
+            "rng": torch.get_rng_state(), "generators": [g.get_state() for g in generators(run)],
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _put_back(run, saved: dict) -> None:
-    from runner.engine import _generators
+    from runner.engine.run import generators
 
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
@@ -51,7 +51,7 @@ def _put_back(run, saved: dict) -> None:
     torch.set_rng_state(saved["rng"])
     if saved["cuda_rng"] is not None:
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    for generator, state in zip(_generators(run), saved["generators"]):
+    for generator, state in zip(generators(run), saved["generators"]):
         generator.set_state(state)
 
 
@@ -84,10 +84,11 @@ def steepest(lrs: list[float], losses: list[float]) -> float | None:
 def find_lr(run, start: float = 1e-7, end: float = 10.0, steps: int = 300, beta: float = 0.98,
             diverge: float = 4.0) -> LRFindResult:
     """The range test on ``run``'s training data and trained module; the run is left exactly as it was."""
-    from runner.engine import _autocast, _to_device, _trained_module, clip_gradients
+    from runner.engine.loop import clip_gradients
+    from runner.engine.run import autocast, to_device, trained_module
 
     saved = _snapshot(run)
-    module = _trained_module(run)
+    module = trained_module(run)
     criterion = nn.CrossEntropyLoss(label_smoothing=run.recipe.settings.label_smoothing)
     scales = [group.get("lr_scale", 1.0) for group in run.optimizer.param_groups]
     lrs, losses, raw = [], [], []
@@ -100,8 +101,8 @@ def find_lr(run, start: float = 1e-7, end: float = 10.0, steps: int = 300, beta:
             lr = start * (end / start) ** (step / max(steps - 1, 1))
             for group, scale in zip(run.optimizer.param_groups, scales):
                 group["lr"] = lr * scale
-            images, labels = _to_device(run, images), labels.to(run.device)
-            with _autocast(run, train=True):
+            images, labels = to_device(run, images), labels.to(run.device)
+            with autocast(run, train=True):
                 loss = criterion(module(images).float(), labels)
             value = distributed.sum_all([loss.item()], run.device)[0] / distributed.world()  # all agree
             if not math.isfinite(value):

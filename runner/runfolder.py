@@ -2,6 +2,7 @@
 write never leaves a torn file where a good one was."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -36,11 +37,36 @@ def new_run_folder(output: str | Path, name: str) -> Path:
     raise FileExistsError(f"no free run folder name under {output}")
 
 
-def _atomic(path: Path, write) -> None:
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (os.umask can only set it)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def _why_not_written(exc: Exception, path: Path) -> str:
+    """What a failed write suggests, as the message's middle: a full disk is not the same fix as a folder one may
+    not write in."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {path.parent}; "
+    if code == errno.EROFS:
+        return f"{path.parent} is on a read-only file system; "
+    if code in (None, errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # torch reports a short write as a RuntimeError
+        return "is the disk full? "
+    return ""
+
+
+def atomic_write(path: Path, write) -> None:
     """Write to a temporary file beside ``path``, then rename: ``path`` is the old file or the new, never torn.
 
-    A failed write (disk full, file too large) removes the temporary file and raises a RunnerError saying the
-    previous file is intact.
+    The file gets the mode a plain ``open`` would give (the umask's), not the temporary file's 0600. A failed write
+    (disk full, no permission, file too large) removes the temporary file and raises a RunnerError saying why and
+    that the previous file is intact.
     """
     from runner.errors import RunnerError
 
@@ -51,6 +77,7 @@ def _atomic(path: Path, write) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
@@ -59,20 +86,20 @@ def _atomic(path: Path, write) -> None:
         if isinstance(exc, Exception):  # torch.save reports a short write as a RuntimeError, not an OSError
             kept = "the previous one is intact" if path.exists() else "nothing was written"
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-            raise RunnerError(f"cannot write {path} ({reason}): is the disk full? {kept}") from exc
+            raise RunnerError(f"cannot write {path} ({reason}): {_why_not_written(exc, path)}{kept}") from exc
         raise
 
 
 def save_torch(obj: Any, path: Path) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_bytes(data: bytes, path: Path) -> None:
-    _atomic(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def save_text(text: str, path: Path) -> None:
-    _atomic(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_json(obj: Any, path: Path) -> None:

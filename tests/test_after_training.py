@@ -13,7 +13,7 @@ from runner import engine
 from runner.cli import app
 from runner.hookspecs import hookimpl
 from runner.plugins import load_catalog
-from runner.recipe import load
+from runner.recipes import load
 from test_engine import write_recipe
 
 cli = CliRunner()
@@ -175,4 +175,4 @@ def test_export_onnx_without_the_extra_says_how_to_get_it(trained):
         pass
     folder, _ = trained
     result = cli.invoke(app, ["export", str(folder), "--format", "onnx"])
-    assert result.exit_code == 2 and "pip install 'runner[onnx]'" in result.output
+    assert result.exit_code == 2 and "pip install 'runner-transfer[onnx]'" in result.output

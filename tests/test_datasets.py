@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import make_imagefolder
-from runner.components import Preprocess
+from runner.types import Preprocess
 from runner.datafiles import find_root
 from runner.errors import RunnerError
 from runner.plugins import load_catalog

@@ -13,7 +13,7 @@ from conftest import TINY_BACKBONE
 from runner import engine
 from runner.distributed import torchrun_command
 from runner.plugins import load_catalog
-from runner.recipe import load
+from runner.recipes import load
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo on the CPU is tested on Linux")
 
@@ -78,7 +78,9 @@ def test_interrupted_two_process_finetune_resumes_to_the_same_end(tmp_path, imag
     assert cut.returncode != 0
     folder = next((tmp_path / "cut" / "runs").iterdir())
     assert not (folder / "summary.json").exists() and (folder / "last.pt").exists()
-    runner_cli("run", "--resume", str(folder), "--nproc", "2")
+    refused = runner_cli("run", "--resume", str(folder), "--nproc", "2", check=False)  # the folder's plugin file
+    assert refused.returncode == 2 and "--plugin" in refused.stderr          # runs only when named
+    runner_cli("--plugin", str(plugin), "run", "--resume", str(folder), "--nproc", "2")
     plain = last_metrics(next((tmp_path / "plain" / "runs").iterdir()))
     resumed = last_metrics(folder)
     assert resumed["epoch"] == plain["epoch"] == 2

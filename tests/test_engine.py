@@ -10,11 +10,11 @@ from torch import nn
 
 from conftest import TINY_BACKBONE
 from runner import engine
-from runner.components import Backbone, replace_last_linear
+from runner.types import Backbone, replace_last_linear
 from runner.errors import RunnerError
 from runner.plugins import load_catalog
-from runner.recipe import load
-from runner_plugins.freeze import hold_eval
+from runner.recipes import load
+from runner.api import hold_batchnorm_eval
 
 
 def write_recipe(tmp_path, data_root, **sections) -> str:
@@ -93,7 +93,7 @@ def test_bn_train_lets_frozen_statistics_update(tmp_path, imagefolder):
 
 def test_held_batchnorm_stays_in_eval_after_a_parent_train_call():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
-    hold_eval(model[1])
+    hold_batchnorm_eval([model[1]])
     model.train()
     assert not model[1].training and model[2][0].training and model.training
     model[1].train(True)

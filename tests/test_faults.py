@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from runner.cli import app
 from runner.errors import RunnerError
-from runner.recipe import load
+from runner.recipes import load
+from runner.plugins import load_catalog
 from test_engine import write_recipe
 
 cli = CliRunner()
@@ -156,7 +157,7 @@ def test_a_10_mb_recipe_loads_and_its_problems_are_capped_on_screen(tmp_path):
                     "optimizer: sgd\n" + "".join(f"unknown_{i}: 1\n" for i in range(60)))
     assert path.stat().st_size > 10_000_000
     try:
-        load(path)
+        load(path, [], load_catalog())
     except RunnerError as exc:
         assert len(exc.problems) == 60 and exc.problems[0].endswith(":100004:1: unknown_0: unknown field")
     else:

@@ -10,8 +10,8 @@ from runner import engine
 from runner.errors import RunnerError
 from runner.feature_cache import why_not_exact
 from runner.plugins import load_catalog
-from runner.recipe import load
-from runner_plugins.freeze import hold_eval
+from runner.recipes import load
+from runner.api import hold_batchnorm_eval
 from test_engine import write_recipe
 
 
@@ -76,7 +76,7 @@ def test_batchnorm_in_train_mode_or_dropout_make_the_cache_inexact():
     trunk_bn = nn.BatchNorm2d(4)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), trunk_bn, nn.Flatten(), nn.Dropout(0.0), head)
     assert "BatchNorm 1" in why_not_exact(model, head, augmented=False)
-    hold_eval(trunk_bn)
+    hold_batchnorm_eval([trunk_bn])
     assert why_not_exact(model, head, augmented=False) is None
     model[3].p = 0.2
     assert "dropout" in why_not_exact(model, head, augmented=False)

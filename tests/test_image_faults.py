@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_imagefolder
-from runner.components import Preprocess
+from runner.types import Preprocess
 from runner.errors import RunnerError
 from runner.images import BadImage, read_rgb
 from runner.plugins import load_catalog

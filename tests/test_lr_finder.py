@@ -12,7 +12,7 @@ from runner import engine, lr_finder
 from runner.cli import app
 from runner.errors import RunnerError
 from runner.plugins import load_catalog
-from runner.recipe import load
+from runner.recipes import load
 from test_engine import write_recipe
 
 

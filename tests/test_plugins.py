@@ -24,7 +24,7 @@ from runner import engine, hookspecs
 from runner.cli import app
 from runner.errors import RunnerError
 from runner.plugins import load_catalog
-from runner.recipe import load
+from runner.recipes import load
 from test_engine import write_recipe
 
 cli = CliRunner()
@@ -145,7 +145,7 @@ LOCAL_PLUGIN = """
     import torch
 
     import runner
-    from runner.components import Component, Params, Schedule
+    from runner.types import Component, Params, Schedule
 
 
     class QuarterParams(Params):
@@ -206,7 +206,7 @@ def test_missing_plugin_file_is_one_clear_error(tmp_path):
 
 GOOD = """
     import runner
-    from runner.components import Component, Params, Schedule
+    from runner.types import Component, Params, Schedule
 
     @runner.hookimpl
     def runner_schedulers():
@@ -248,9 +248,13 @@ def test_a_plugin_failing_at_import_is_listed_and_the_rest_still_load(tmp_path, 
     assert "runner_datasets" in row(result.output, "runner_plugins.datasets")
     assert re.search(r"^warning: plugin bad .*failed to load", result.stderr, re.M)
 
-    catalog = load_catalog([str(broken["bad"]), str(good)])
+    catalog = load_catalog([str(broken["bad"]), str(good)], lenient=True)
     assert [f.name for f in catalog.plugins.failures] == ["bad"]
     assert "still_here" in catalog.names("scheduler") and "sgd" in catalog.names("optimizer")
+    with pytest.raises(RunnerError, match="plugin bad .*failed to load"):  # named, it is required
+        load_catalog([str(broken["bad"])])
+    named = invoke("--plugin", broken["bad"], "list")
+    assert named.exit_code == 2 and named.stderr.count("\n") == 1 and "frobnicate" in named.stderr
 
 
 def test_strict_makes_a_failing_plugin_one_line_error(broken):
@@ -268,7 +272,7 @@ def test_a_hookimpl_with_a_wrong_argument_name_is_reported(broken):
     assert result.exit_code == 0, result.output
     line = row(result.output, "wrongarg")
     assert "failed to load" in line and "runner_epoch_end" in line
-    catalog = load_catalog([str(broken["wrongarg"])])
+    catalog = load_catalog([str(broken["wrongarg"])], lenient=True)
     (failure,) = catalog.plugins.failures
     assert failure.name == "wrongarg" and "plugin wrongarg" in failure.error
     assert catalog.pm.get_plugin("wrongarg") is None
@@ -277,7 +281,7 @@ def test_a_hookimpl_with_a_wrong_argument_name_is_reported(broken):
 
 
 def test_the_wrong_argument_error_says_which_argument(broken):
-    (failure,) = load_catalog([str(broken["wrongarg"])]).plugins.failures
+    (failure,) = load_catalog([str(broken["wrongarg"])], lenient=True).plugins.failures
     assert "epok" in failure.error
 
 
@@ -286,7 +290,7 @@ def test_a_hookimpl_matching_no_hook_is_reported(broken):
     assert result.exit_code == 0, result.output
     line = row(result.output, "nohook")
     assert "unknown hook 'runner_backbone'" in line and str(broken["nohook"]) in line
-    catalog = load_catalog([str(broken["nohook"])])
+    catalog = load_catalog([str(broken["nohook"])], lenient=True)
     assert [f.name for f in catalog.plugins.failures] == ["nohook"]
     assert catalog.pm.get_plugin("nohook") is None
     strict = invoke("--plugin", broken["nohook"], "plugins", "--strict")
@@ -300,7 +304,7 @@ def fancy(tmp_path: Path, name: str, optimizer: str) -> Path:
         import torch
 
         import runner
-        from runner.components import Component, Params
+        from runner.types import Component, Params
 
 
         class FancyParams(Params):
@@ -454,7 +458,7 @@ def test_tensorboard_plugin_comes_from_an_entry_point_and_logs_the_epochs(tmp_pa
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     catalog = load_catalog()
-    assert catalog.plugins.info["tensorboard"].source.startswith("runner ")  # distribution and version
+    assert catalog.plugins.info["tensorboard"].source.startswith("runner-transfer ")  # distribution and version
     run = engine.build(load(write_recipe(tmp_path, imagefolder, epochs=2)), catalog)
     engine.fit(run)
     events = EventAccumulator(str(run.folder / "tensorboard"))

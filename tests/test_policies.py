@@ -9,11 +9,11 @@ from torch import nn
 from torchvision import models
 
 from runner import engine
-from runner.components import Backbone
+from runner.types import Backbone
 from runner.errors import RunnerError
 from runner.hookspecs import hookimpl
 from runner.plugins import load_catalog
-from runner.recipe import load
+from runner.recipes import load
 from test_engine import write_recipe
 
 
@@ -193,7 +193,7 @@ def test_plan_shows_groups_sizes_schedule_lrs_and_batchnorm_before_training(tmp_
     from runner.cli import app
 
     freeze = {"name": "gradual", "start": 2, "every": 1, "groups": 2, "layer_decay": 0.5}
-    recipe = write_recipe(tmp_path, imagefolder, freeze=freeze, scheduler="none")
+    recipe = write_recipe(tmp_path, imagefolder, freeze=freeze, scheduler="none", epochs=4)
     result = CliRunner().invoke(app, ["plan", recipe, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -206,3 +206,7 @@ def test_plan_shows_groups_sizes_schedule_lrs_and_batchnorm_before_training(tmp_
     assert data["trainable"] == data["total"] - rows["(frozen)"]["parameters"]
     table = CliRunner().invoke(app, ["plan", recipe])
     assert table.exit_code == 0 and "(frozen)" in table.output and "from epoch 3" in table.output
+    short = json.loads(CliRunner().invoke(app, ["plan", recipe, "--json", "--set", "epochs=3"]).output)
+    rows = {r["group"]: r for r in short["rows"]}  # a group whose epoch is past the run's end never trains
+    assert rows["conv_head+bn2"]["trains"] == "from epoch 3" and rows["blocks.4"]["trains"] == "never"
+    assert short["trainable"] == data["trainable"] - rows["blocks.4"]["parameters"]

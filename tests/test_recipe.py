@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from runner.cli import app
-from runner.components import KINDS
+from runner.types import KINDS
 from runner.errors import RunnerError
 from runner.plugins import load_catalog
-from runner.recipe import load, parse_override, validate_components
+from runner.recipes import load, parse_override, validate_components
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -281,7 +281,7 @@ def test_override_naming_an_unknown_field(catalog):
 def test_override_with_a_bad_value_points_at_the_override(catalog):
     problem = only(problems_of(full, RECIPES / "extract.yaml", ["dataset.batch_size=0"], catalog))
     assert problem.startswith("--set dataset.batch_size=0: dataset.batch_size: input should be greater than 0")
-    problem = only(problems_of(load, RECIPES / "extract.yaml", ["epoch=3"]))
+    problem = only(problems_of(load, RECIPES / "extract.yaml", ["epoch=3"], catalog))
     assert problem == "--set epoch=3: epoch: unknown field (did you mean 'epochs'?)"
 
 
@@ -355,14 +355,16 @@ def test_negative_lr(tmp_path, catalog):
     assert problem == "recipe.yaml:3:25: optimizer.lr: input should be greater than 0 or be 'auto', got -0.1"
 
 
-def test_unknown_top_level_key(tmp_path):
-    path = write(tmp_path, MINIMAL + "epoch: 3\n")
-    assert problems_of(load, path) == ["recipe.yaml:4:1: epoch: unknown field (did you mean 'epochs'?)"]
+def test_unknown_top_level_key(tmp_path, catalog):
+    path = write(tmp_path, MINIMAL + "epoch: 3\n")  # top-level keys beyond the core are plugins' sections
+    assert problems_of(load, path, [], catalog) == ["recipe.yaml:4:1: epoch: unknown field (did you mean 'epochs'?)"]
 
 
-def test_unknown_top_level_key_suggests_a_section(tmp_path):
+def test_unknown_top_level_key_suggests_a_section(tmp_path, catalog):
     path = write(tmp_path, MINIMAL + "schedular: step\n")
-    assert "did you mean 'scheduler'" in only(problems_of(load, path))
+    assert "did you mean 'scheduler'" in only(problems_of(load, path, [], catalog))
+    path = write(tmp_path, MINIMAL + "early_stoping: {patience: 2}\n")  # a plugin's section is suggested too
+    assert "did you mean 'early_stopping'" in only(problems_of(load, path, [], catalog))
 
 
 def test_bad_literal_setting(tmp_path):
@@ -451,9 +453,9 @@ def assert_all_reported(problems: list[str], expected: tuple[str, ...]) -> None:
         assert message in joined
 
 
-def test_several_setting_problems_are_all_reported(tmp_path):
+def test_several_setting_problems_are_all_reported(tmp_path, catalog):
     path = write(tmp_path, "epochs: 0\nepoch: 3\nprecision: fp64\noptimizer: sgd\n")
-    assert_all_reported(problems_of(load, path), (
+    assert_all_reported(problems_of(load, path, [], catalog), (
         "recipe.yaml: dataset: required section missing",
         "recipe.yaml: backbone: required section missing",
         "recipe.yaml:1:1: epochs: input should be greater than 0",

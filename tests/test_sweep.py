@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from conftest import make_imagefolder
 from runner import sweep as sweeps
 from runner.cli import app
+from runner.errors import RunnerError
 from test_engine import write_recipe
 
 cli = CliRunner()
@@ -96,7 +97,7 @@ def test_optuna_missing_is_a_one_line_error(recipe, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed: import optuna raises ImportError
     result = cli.invoke(app, ["sweep", recipe, "--optuna", "3", "--range", "optimizer.lr=1e-3:1e-1:log"])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == ["error: --optuna needs optuna: pip install 'runner[sweep]'"]
+    assert result.output.strip().splitlines() == ["error: --optuna needs optuna: pip install 'runner-transfer[sweep]' (or pip install optuna)"]
 
 
 def test_an_interrupted_sweep_continues_where_it_stopped(tmp_path):
@@ -104,7 +105,7 @@ def test_an_interrupted_sweep_continues_where_it_stopped(tmp_path):
     recipe = write_recipe(tmp_path, data, epochs=2, cache="features", scheduler="none")
     plugin = tmp_path / "ctrl_c.py"  # presses Ctrl-C at the end of the second trial's second epoch
     plugin.write_text("import runner\n\n@runner.hookimpl\ndef runner_epoch_end(run, epoch, metrics):\n"
-                      "    if run.recipe.name.endswith('lr0.1') and epoch == 2:\n        raise KeyboardInterrupt\n")
+                      "    if run.name.endswith('lr0.1') and epoch == 2:\n        raise KeyboardInterrupt\n")
     grid = ["--grid", "optimizer.lr=0.01,0.1,0.2"]
     result = cli.invoke(app, ["--plugin", str(plugin), "sweep", recipe, *grid])
     assert result.exit_code == 130, result.output
@@ -159,3 +160,64 @@ def test_grid_values_split_on_top_level_commas_and_trial_names():
                                        "optimizer.name=sgd,adam"])
     assert (lr.kind, lr.low, lr.log) == ("float", 1e-4, True) and (bs.kind, bs.low, bs.high) == ("int", 8, 32)
     assert opt.kind == "categorical" and opt.values == ["sgd", "adam"]
+
+
+def _garbage(db, tmp_path):
+    db.write_bytes(b"\x00not a database\xff" * 64)
+
+
+def _truncated(db, tmp_path):  # a real optuna study cut in half, as a full disk or a killed copy leaves it
+    optuna = pytest.importorskip("optuna")
+    whole = tmp_path / "whole.db"
+    study = optuna.create_study(study_name="runner-sweep", storage=f"sqlite:///{whole}", direction="maximize")
+    for _ in range(3):
+        study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    data = whole.read_bytes()
+    db.write_bytes(data[:len(data) // 2])
+
+
+def _empty(db, tmp_path):
+    db.write_bytes(b"")
+
+
+def _other_program(db, tmp_path):  # a healthy SQLite file, but not optuna's: it must stay untouched
+    import sqlite3
+    from contextlib import closing
+    with closing(sqlite3.connect(db)) as connection:
+        connection.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, name TEXT)")
+        connection.execute("INSERT INTO photos (name) VALUES ('cat.jpg')")
+        connection.commit()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_garbage, "not a readable SQLite database (file is not a database)"),
+    (_truncated, "not a readable SQLite database (database disk image is malformed)"),
+    (_empty, "an empty file, not an optuna study"),
+    (_other_program, "a SQLite database without optuna's tables (it holds photos)"),
+], ids=["garbage", "truncated", "empty", "other-program"])
+def test_a_damaged_optuna_db_is_one_line_before_anything_trains(tmp_path, recipe, damage, reason):
+    pytest.importorskip("optuna")
+    folder = tmp_path / "my-sweep"
+    folder.mkdir()
+    db = folder / "optuna.db"
+    damage(db, tmp_path)
+    before = db.read_bytes()
+    result = cli.invoke(app, ["sweep", recipe, "--optuna", "2", "--range", "optimizer.lr=1e-3:1e-1:log",
+                              "--out", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {db}: {reason}; to start the sweep afresh, delete it and sweep.json beside it, or give another --out"]
+    assert not [p for p in folder.iterdir() if p.is_dir()]  # no trial started
+    assert db.read_bytes() == before  # optuna did not write into it
+
+
+def test_a_study_with_fewer_trials_than_sweep_json_records_is_one_line(tmp_path, recipe):
+    pytest.importorskip("optuna")  # e.g. optuna.db deleted alone: sweep.json still names its trials
+    sweep = sweeps.prepare(recipe, optuna=2, ranges=["optimizer.lr=1e-3:1e-1:log"], out=tmp_path / "my-sweep")
+    sweep.folder.mkdir()
+    state = {"trials": [{"trial": 1, "optuna_number": 0, "status": "done"}]}
+    with pytest.raises(RunnerError) as caught:
+        sweeps.open_study(sweep, state)
+    assert caught.value.problems == [
+        f"{sweep.folder / 'optuna.db'}: holds 0 optuna trials, fewer than sweep.json records (its trial 1 is not "
+        "there); to start the sweep afresh, delete it and sweep.json beside it, or give another --out"]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_BACKBONE, make_fashion_mnist
 from runner.cli import app
-from runner.components import Preprocess
+from runner.types import Preprocess
 from runner.errors import RunnerError
 from runner.plugins import load_catalog
 from runner_plugins.torchvision_datasets import stratified_subset

@@ -8,10 +8,10 @@ from typer.testing import CliRunner
 
 from runner import engine, inference
 from runner.cli import app
-from runner.components import Preprocess
+from runner.types import Preprocess
 from runner.errors import RunnerError
 from runner.plugins import load_catalog
-from runner.recipe import load
+from runner.recipes import load
 from test_engine import write_recipe
 
 

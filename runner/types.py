@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Sequence
 
-from pydantic import BaseModel, ConfigDict
-from torch import nn
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
+if TYPE_CHECKING:  # torch is imported where a component is built, not to read the catalog
+    from torch import nn
 
 KINDS = ("dataset", "backbone", "freeze", "optimizer", "scheduler")
 """Component kinds, in the order a recipe is built; each has a ``runner_<plural>`` hook."""
@@ -19,20 +21,75 @@ HOOK_OF_KIND = {
 }
 
 
+def _admits_bool(annotation) -> bool:
+    import typing
+
+    if annotation is bool or annotation is typing.Any:
+        return True
+    return any(_admits_bool(arg) for arg in typing.get_args(annotation))
+
+
 class Params(BaseModel):
-    """Base for component parameter models: unknown keys are errors, never silently dropped."""
+    """Base for component parameter models: unknown keys are errors, never silently dropped, and ``true``/``false``
+    are never read as 1/0 where a number is expected (``batch_size: true`` is a mistake, not a batch of one)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value, info: ValidationInfo):
+        if isinstance(value, bool) and info.field_name in cls.model_fields and \
+                not _admits_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a {_kind_of(cls.model_fields[info.field_name].annotation)}, not {str(value).lower()}")
+        return value
+
+
+def _kind_of(annotation) -> str:
+    import typing
+
+    names = {int: "whole number", float: "number", str: "text"}
+    if annotation in names:
+        return names[annotation]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return names.get(args[0], "value") if args else "value"
 
 
 @dataclass(frozen=True)
 class Component:
-    """A named, documented builder: its recipe section is validated against ``params`` before it builds."""
+    """A named, documented builder: its recipe section is validated against ``params`` before it builds.
+
+    ``build`` is called with the validated ``params`` instance first, then the arguments of its kind (see
+    :mod:`runner.hookspecs`).
+    """
 
     name: str
     summary: str
     build: Callable[..., Any]
     params: type[Params] = Params
+    classes: Callable[..., list[str]] | None = None
+    """Datasets only, optional: ``classes(params, base_dir)`` names the classes without reading images."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A recipe section a plugin owns (``early_stopping: {patience: 3}``), validated like a component's.
+
+    ``on_by_default``: whether the section applies to a recipe that does not name it (with its defaults). A recipe
+    switches any section off with ``key: false`` (or ``null``) and on with its defaults with ``key: true``.
+    """
+
+    name: str
+    summary: str
+    params: type[Params] = Params
+    on_by_default: bool = False
+
+
+class LayerGroup(NamedTuple):
+    """Consecutive parameters that unfreeze and take a learning rate together: a stage, a block, the head."""
+
+    name: str
+    params: list[str]
+    """Parameter names (``model.named_parameters()``) in this group."""
 
 
 @dataclass(frozen=True)
@@ -94,12 +151,24 @@ class _Stack:
         return torch.stack([fn(x) for fn in self.fns])
 
 
+def find_head(model: nn.Module) -> nn.Module:
+    """The model's classifier as :func:`replace_last_linear` sees it: its last ``nn.Linear``."""
+    from torch import nn
+
+    heads = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier")
+    return heads[-1]
+
+
 def replace_last_linear(model: nn.Module, num_classes: int) -> nn.Module:
     """Swap the model's last ``nn.Linear`` (in registration order) for a fresh one with ``num_classes`` outputs.
 
     That is the classifier for torchvision's and timm's classification models, whichever attribute holds it
     (``fc``, ``classifier``, ``classifier.1``, ``heads.head``, ``head.fc``...).
     """
+    from torch import nn
+
     last = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -116,11 +185,13 @@ def replace_last_linear(model: nn.Module, num_classes: int) -> nn.Module:
 
 def _is_block_list(module: nn.Module) -> bool:
     """A Sequential/ModuleList of at least 4 parameterised children: stages or blocks worth unfreezing one by one."""
+    from torch import nn
+
     return isinstance(module, (nn.Sequential, nn.ModuleList)) and sum(
         1 for child in module.children() if next(child.parameters(), None) is not None) >= 4
 
 
-def default_layer_groups(model: nn.Module, head: nn.Module) -> list[tuple[str, list[str]]]:
+def default_layer_groups(model: nn.Module, head: nn.Module) -> list[LayerGroup]:
     """The model's parameters in consecutive groups from input to output, the head last: ``(name, param names)``.
 
     Top-level children are units; the first list of four or more blocks found in a child -- timm's ``blocks``
@@ -157,38 +228,82 @@ def default_layer_groups(model: nn.Module, head: nn.Module) -> list[tuple[str, l
         units.append(("params", direct, True))
     for name, child in model.named_children():
         add(name, child, True)
-    groups: list[tuple[str, list[str]]] = []
+    groups: list[LayerGroup] = []
     previous_leafish = False
     for name, params, leafish in units:
         if leafish and previous_leafish:
-            groups[-1] = (f"{groups[-1][0]}+{name}", groups[-1][1] + params)
+            groups[-1] = LayerGroup(f"{groups[-1].name}+{name}", groups[-1].params + params)
         else:
-            groups.append((f"{name}.rest" if name == "head" else name, params))
+            groups.append(LayerGroup(f"{name}.rest" if name == "head" else name, params))
         previous_leafish = leafish
-    return [*groups, ("head", [n for n, p in model.named_parameters() if id(p) in head_ids])]
+    return [*groups, LayerGroup("head", [n for n, p in model.named_parameters() if id(p) in head_ids])]
 
 
 @dataclass
 class Backbone:
-    """A pretrained model and its preprocessing; ``reset_head(n)`` installs and returns an n-class head.
+    """A pretrained model and the preprocessing its weights expect; what a backbone component builds.
 
-    ``layer_groups`` may be set by a backbone plugin that knows its model better than the generic split.
+    The engine replaces the classifier for the dataset's classes with ``replace_head(n)``: ``reset_head(n)`` when
+    given (it installs and returns the new head), else the model's last ``nn.Linear`` is swapped. ``head`` is that
+    module once replaced; before, :meth:`groups` takes the last ``nn.Linear`` as the head.
+
+    ``layer_groups``: the model's body in consecutive groups from input to head, for policies that unfreeze or
+    scale learning rates group by group. Each :class:`LayerGroup` lists module or parameter names (a module
+    stands for all its parameters); the head group is added last. Left out, groups come from the model's layout
+    (:func:`default_layer_groups`). A callable returning the groups is accepted too.
     """
 
     model: nn.Module
     preprocess: Preprocess = field(default_factory=Preprocess)
     reset_head: Callable[[int], nn.Module] | None = None
     head: nn.Module | None = None
-    layer_groups: Callable[[], list[tuple[str, list[str]]]] | None = None
+    layer_groups: Sequence[LayerGroup | tuple[str, Sequence[str]]] | Callable[[], list] | None = None
 
     def replace_head(self, num_classes: int) -> nn.Module:
+        """Install and return a fresh ``num_classes``-way head (the engine calls this once the classes are known)."""
         reset = self.reset_head or (lambda n: replace_last_linear(self.model, n))
         self.head = reset(num_classes)
         return self.head
 
-    def groups(self) -> list[tuple[str, list[str]]]:
-        """Parameter names in consecutive groups from input to head (the head last, named ``head``)."""
-        return self.layer_groups() if self.layer_groups else default_layer_groups(self.model, self.head)
+    def groups(self) -> list[LayerGroup]:
+        """Parameter names in consecutive groups from input to head; the last group is the head, named ``head``."""
+        head = self.head if self.head is not None else find_head(self.model)
+        if self.layer_groups is None:
+            return default_layer_groups(self.model, head)
+        given = self.layer_groups() if callable(self.layer_groups) else self.layer_groups
+        return _resolve_groups(self.model, head, [LayerGroup(str(n), list(members)) for n, members in given])
+
+
+def _resolve_groups(model: nn.Module, head: nn.Module, given: list[LayerGroup]) -> list[LayerGroup]:
+    """Module names expanded to their parameters, the head's parameters in the head group alone; every other
+    parameter must be in exactly one group (a group list that leaves some out would freeze them silently)."""
+    from runner.errors import PluginError
+
+    names = [n for n, _ in model.named_parameters()]
+    head_names = {n for n, p in model.named_parameters() if any(p is q for q in head.parameters())}
+    seen: dict[str, str] = {}
+    groups = []
+    for group in given:
+        if group.name == "head":
+            continue
+        params = []
+        for member in group.params:
+            found = [n for n in names if n == member or n.startswith(member + ".")] if member else []
+            if not found:
+                raise PluginError(f"layer group '{group.name}': no module or parameter '{member}' in the model")
+            for n in found:
+                if n in head_names:
+                    continue
+                if n in seen and seen[n] != group.name:
+                    raise PluginError(f"parameter {n} is in layer groups '{seen[n]}' and '{group.name}'")
+                seen[n] = group.name
+                params.append(n)
+        groups.append(LayerGroup(group.name, params))
+    missing = [n for n in names if n not in seen and n not in head_names]
+    if missing:
+        raise PluginError(f"layer groups leave out {len(missing)} parameter(s), e.g. {', '.join(missing[:3])}: "
+                          "every parameter but the head's belongs to one group")
+    return [*groups, LayerGroup("head", [n for n in names if n in head_names])]
 
 
 @dataclass
@@ -202,9 +317,11 @@ class FreezePlan:
     """
 
     groups: list[dict]
+    """The optimizer's parameter groups: ``{"params": [...], "name": "layer4", "lr_scale": 0.1}``."""
     on_epoch: Callable[[int], bool] | None = None
+    """Called with each epoch (from 1) before it trains; returns True when it changed what trains."""
     schedule: dict[str, int] = field(default_factory=dict)
-    """Group name -> first epoch it trains, for groups that start frozen (shown to the user)."""
+    """Group name -> first epoch it trains, for groups that start frozen (shown by ``runner plan``)."""
 
 
 @dataclass

@@ -7,6 +7,7 @@ typo fails with its file, line and a suggestion before any tensor moves.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,26 +15,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runner.components import KINDS, Params
+from runner.types import KINDS, Params
 from runner.errors import RunnerError, Where, did_you_mean
 
 PACKAGED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
-class EarlyStopping(BaseModel):
-    """Stop when the monitored metric has not improved by ``min_delta`` for ``patience`` epochs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    patience: int = Field(3, gt=0, description="epochs without improvement before stopping")
-    min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
-    monitor: Literal["val_acc", "val_loss", "train_loss", "train_acc"] = Field("val_acc", description="metric to watch")
-
-
-class LRFind(BaseModel):
+class LRFind(Params):
     """The lr range test run by ``runner lr-find`` and by ``optimizer: {lr: auto}``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     start_lr: float = Field(1e-7, gt=0, description="first learning rate of the sweep")
     end_lr: float = Field(10.0, gt=0, description="last learning rate of the sweep")
@@ -42,10 +31,8 @@ class LRFind(BaseModel):
     diverge: float = Field(4.0, gt=1, description="stop once the smoothed loss exceeds this multiple of its minimum")
 
 
-class Settings(BaseModel):
+class Settings(Params):
     """The run settings of a recipe, beside its component sections."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, description="run name; defaults to the recipe file's stem")
     seed: int = Field(0, description="seed for torch and data order")
@@ -79,14 +66,14 @@ class Settings(BaseModel):
     tta: Literal["none", "flip", "crops"] = Field(
         "none", description="test-time augmentation for predict and evaluate of this run's model: flip averages "
                             "the image and its mirror, crops the ten crops (corners, centre, and mirrors)")
-    early_stopping: EarlyStopping | None = Field(None, description="stop early when val stops improving "
-                                                                  "(carried out by the early_stopping plugin)")
     lr_find: LRFind = Field(default_factory=LRFind, description="the lr range test behind optimizer.lr: auto")
     plugins: list[str] = Field([], description="plugin files (relative to the recipe) or modules to load")
     output: str = Field("runs", description="folder that run folders are created in")
 
 
 DEFAULT_SECTIONS = {"freeze": {"name": "none"}, "scheduler": {"name": "none"}}
+RESERVED_KEYS = frozenset([*Settings.model_fields, *KINDS, "extends"])
+"""Top-level recipe keys that no plugin section may take."""
 
 
 @dataclass
@@ -99,6 +86,8 @@ class Recipe:
     raw: dict[str, Any]
     positions: dict[str, Where] = field(default_factory=dict)
     params: dict[str, Params] = field(default_factory=dict)
+    extras: dict[str, Params | None] = field(default_factory=dict)
+    """Plugin sections (``runner_recipe_sections``) by name: validated params, or None where switched off."""
     origin: Path | None = None
     """The recipe file a run folder's recipe.yaml was resolved from (relative paths stay relative to it)."""
 
@@ -128,12 +117,19 @@ class Recipe:
             parts.pop()
         return Where(_display(self.path))
 
+    def to_yaml(self) -> str:
+        """The resolved recipe as YAML: what the run folder's recipe.yaml holds."""
+        return yaml.safe_dump(self.resolved(), sort_keys=False)
+
     def resolved(self) -> dict[str, Any]:
         """The fully resolved recipe: settings and every component with all its parameters."""
         out = self.settings.model_dump()
         out["name"] = self.name
         for kind in KINDS:
             out[kind] = {"name": self.sections[kind]["name"], **self.params[kind].model_dump(mode="json")}
+        for key in self.raw:  # plugin sections the recipe names, with all their values (or false: off)
+            if key in self.extras:
+                out[key] = self.extras[key].model_dump(mode="json") if self.extras[key] is not None else False
         return out
 
 
@@ -156,6 +152,44 @@ def find_recipe(ref: str) -> Path:
     raise RunnerError(f"{ref}: no such recipe file or packaged recipe{did_you_mean(ref, known)}; packaged: {', '.join(known)}")
 
 
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's C loader where PyYAML was built with it: a recipe is parsed once, fast."""
+MAX_NODES = int(os.environ.get("RUNNER_RECIPE_MAX_NODES", 100_000))
+"""Most values a recipe may hold with its aliases expanded (``RUNNER_RECIPE_MAX_NODES``): a recipe is small,
+and a few hundred bytes of nested aliases ("billion laughs") would otherwise expand to gigabytes."""
+MAX_DEPTH = int(os.environ.get("RUNNER_RECIPE_MAX_DEPTH", 100))
+"""Deepest nesting of mappings and lists a recipe may have (``RUNNER_RECIPE_MAX_DEPTH``)."""
+
+
+def _check_size(text: str, shown: str) -> None:
+    """Count values with aliases expanded and the nesting depth from the parser's events, which need no
+    recursion and expand nothing, before anything is built; stop at the first limit passed."""
+    sizes: dict[str, int] = {}
+    open_: list[tuple[str | None, int]] = []  # (anchor, count when the collection started)
+    count = 0
+    for event in yaml.parse(text, Loader=LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            count += sizes.get(event.anchor, 1)
+        elif isinstance(event, (yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            count += 1
+            if isinstance(event, yaml.ScalarEvent):
+                if event.anchor:
+                    sizes[event.anchor] = 1
+            else:
+                open_.append((event.anchor, count))
+                if len(open_) > MAX_DEPTH:
+                    line = event.start_mark.line + 1 if event.start_mark else 0
+                    raise RunnerError(f"{shown}:{line}: nested more than {MAX_DEPTH} levels deep; a recipe is a small "
+                                      "mapping (RUNNER_RECIPE_MAX_DEPTH raises the limit)")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, started = open_.pop()
+            if anchor:
+                sizes[anchor] = count - started + 1
+        if count > MAX_NODES:
+            raise RunnerError(f"{shown}: holds more than {MAX_NODES:,} values once its aliases are expanded; a recipe "
+                              "is small (RUNNER_RECIPE_MAX_NODES raises the limit)")
+
+
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Where]]:
     """The mapping in ``path`` and the file:line:column of every key (dotted)."""
     shown = _display(path)
@@ -166,8 +200,13 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Where]]:
     except OSError as exc:
         raise RunnerError(f"{shown}: cannot read recipe: {exc.strerror}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _check_size(text, shown)
+        loader = LOADER(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if exc.context_mark and "end of stream" in str(exc.problem):  # an unclosed quote: where it opened
@@ -286,7 +325,7 @@ def load(ref: str | Path, overrides: list[str] = (), catalog=None, origin: Path 
 def _validate_settings(path: Path, data: dict[str, Any], positions: dict[str, Where]) -> tuple[Recipe, list[str]]:
     recipe = Recipe(path=path, settings=Settings(), sections={}, raw=data, positions=positions)
     problems: list[str] = []
-    settings = {k: v for k, v in data.items() if k not in KINDS}
+    settings = {k: v for k, v in data.items() if k in Settings.model_fields}  # the rest: plugin sections
     for kind in KINDS:
         section = _as_section(data.get(kind, DEFAULT_SECTIONS.get(kind)))
         if section is None:
@@ -298,24 +337,30 @@ def _validate_settings(path: Path, data: dict[str, Any], positions: dict[str, Wh
     try:
         recipe.settings = Settings.model_validate(settings)
     except ValidationError as exc:
-        allowed = [*Settings.model_fields, *KINDS, "extends"]
-        problems.extend(pydantic_problems(exc, recipe, "", allowed))
+        problems.extend(pydantic_problems(exc, recipe, "", RESERVED_KEYS))
     return recipe, problems
 
 
-def pydantic_problems(exc: ValidationError, recipe: Recipe, prefix: str, allowed) -> list[str]:
-    """One ``file:line:col: key: what`` line per pydantic error, with a suggestion for unknown keys."""
+SUGGESTIONS = 20
+"""Problems that get a "did you mean" search; past them (the screen shows 20) a huge recipe stays fast."""
+
+
+def pydantic_problems(exc: ValidationError, recipe: Recipe, prefix: str, allowed, shown: int = 0) -> list[str]:
+    """One ``file:line:col: key: what`` line per pydantic error, with a suggestion for unknown keys (for the first
+    :data:`SUGGESTIONS` problems, counting ``shown`` already reported)."""
     out = []
     errors = _merge_union_errors(exc.errors())
     for err in errors:
-        dotted = prefix + ".".join(str(p) for p in err["loc"])
+        dotted = (prefix + ".".join(str(p) for p in err["loc"])).rstrip(".")
         where = recipe.where(dotted)
         if err["type"] == "extra_forbidden":
-            out.append(f"{where}: {dotted}: unknown field{did_you_mean(err['loc'][-1], allowed)}")
+            hint = did_you_mean(err["loc"][-1], allowed) if shown + len(out) < SUGGESTIONS else ""
+            out.append(f"{where}: {dotted}: unknown field{hint}")
         elif err["type"] == "missing":
             out.append(f"{where}: {dotted}: required field missing")
         else:
-            out.append(f"{where}: {dotted}: {err['msg'][0].lower()}{err['msg'][1:]}, got {err['input']!r}")
+            msg = err["msg"].removeprefix("Value error, ")
+            out.append(f"{where}: {dotted}: {msg[0].lower()}{msg[1:]}, got {err['input']!r}")
     return out
 
 
@@ -345,8 +390,33 @@ def validate_components(recipe: Recipe, catalog) -> Recipe:
     return recipe
 
 
-def _component_problems(recipe: Recipe, catalog) -> list[str]:
+def _section_problems(recipe: Recipe, catalog) -> list[str]:
+    """Validate the recipe's other top-level keys against the plugins' sections; fill in sections on by default."""
     problems: list[str] = []
+    recipe.extras = {}
+    for key, value in recipe.raw.items():
+        if key in RESERVED_KEYS:
+            continue
+        if key not in catalog.sections:
+            hint = did_you_mean(key, [*RESERVED_KEYS, *catalog.sections]) if len(problems) < SUGGESTIONS else ""
+            problems.append(f"{recipe.where(key)}: {key}: unknown field{hint}")
+            continue
+        section = catalog.sections[key][0]
+        if value is False or value is None:
+            recipe.extras[key] = None
+            continue
+        try:
+            recipe.extras[key] = section.params.model_validate({} if value is True else value)
+        except ValidationError as exc:
+            problems.extend(pydantic_problems(exc, recipe, key + ".", list(section.params.model_fields)))
+    for name, (section, _) in catalog.sections.items():
+        if name not in recipe.raw:
+            recipe.extras[name] = section.params() if section.on_by_default else None
+    return problems
+
+
+def _component_problems(recipe: Recipe, catalog) -> list[str]:
+    problems: list[str] = _section_problems(recipe, catalog)
     for kind in KINDS:
         if kind not in recipe.sections:
             continue

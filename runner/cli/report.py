@@ -1,5 +1,5 @@
-"""The on-screen report of a run, as a lifecycle plugin the CLI registers: a progress bar per phase with
-images/s, a table growing one row per epoch, and a closing summary."""
+"""The on-screen report of a run, as a lifecycle plugin ``runner run`` registers: a progress bar per phase with
+images/s, a table growing one row per epoch, and a closing summary; and the plan table (``runner plan``)."""
 from __future__ import annotations
 
 from rich.console import Console, Group
@@ -32,30 +32,30 @@ class RichReport:
         self.progress = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]:>7} img/s"), TimeElapsedColumn(), console=console)
         self.tasks: dict[str, int] = {}
+        self.head = -1
 
     @hookimpl
     def runner_run_start(self, run):
-        s = run.recipe.settings
-        dtype = str(run.autocast_dtype).replace("torch.", "") if run.autocast_dtype else "fp32"
         trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in run.model.parameters())
+        notes = run.notes
+        self.head = run.group_names.index("head") if "head" in run.group_names else len(run.group_names) - 1
         self.console.print(
-            f"[bold]{run.recipe.name}[/]: {len(run.data.train)} train / {len(run.data.val)} val images, "
+            f"[bold]{run.name}[/]: {len(run.dataset('train'))} train / {len(run.dataset('val'))} val images, "
             f"{len(run.classes)} classes; {trainable:,} of {total:,} parameters trainable; "
-            f"{run.device} {dtype}; {s.epochs} epochs -> {run.folder}")
-        self.console.print(f"precision: {run.precision_note}; feature cache: {run.cache_note}", highlight=False)
-        if not run.epoch:  # a fresh run shows its plan; a resumed one has shown it
-            from runner.plan import plan
-
-            self.console.print(plan_table(plan(run)))
-        if run.data.skipped:
-            self.console.print(f"[yellow]skipped {len(run.data.skipped)} unreadable image(s)[/], e.g. "
-                               f"{run.data.skipped[0]}", highlight=False)
+            f"{notes['device']}; {run.epochs} epochs -> {run.folder}")
+        self.console.print(f"precision: {notes['precision']}; feature cache: {notes['cache']}", highlight=False)
+        if not run.resumed:  # a fresh run shows its plan; a resumed one has shown it
+            self.console.print(plan_table(run.plan()))
+        skipped = run.skipped
+        if skipped:
+            self.console.print(f"[yellow]skipped {len(skipped)} unreadable image(s)[/], e.g. {skipped[0]}",
+                               highlight=False)
         self.table = Table(title=None, show_edge=False)
-        for column in ("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "s", "img/s", ""):
+        for column in ("epoch", "train loss", "train acc", "val loss", "val acc", "head lr", "s", "img/s", ""):
             self.table.add_column(column, justify="right")
-        for phase, loader in (("train", run.train_loader), ("val", run.val_loader)):
-            self.tasks[phase] = self.progress.add_task(phase, total=len(loader.dataset), rate="")
+        for phase in ("train", "val"):
+            self.tasks[phase] = self.progress.add_task(phase, total=run.size(phase), rate="")
         if self.console.is_terminal:  # a live table and bars on a terminal; plain lines in a log
             self.live = Live(Group(self.table, self.progress), console=self.console, refresh_per_second=4)
             self.live.start()
@@ -75,12 +75,12 @@ class RichReport:
     def runner_epoch_end(self, run, epoch, metrics):
         m = metrics
         self.table.add_row(str(epoch), f"{m['train_loss']:.4f}", f"{m['train_acc']:.4f}", f"{m['val_loss']:.4f}",
-                           f"{m['val_acc']:.4f}", f"{m['lr'][0]:.2g}", f"{m['seconds']:.1f}",
+                           f"{m['val_acc']:.4f}", f"{m['lr'][self.head]:.2g}", f"{m['seconds']:.1f}",
                            f"{m['images_per_s']:.0f}", "[green]best[/]" if m["best"] else "")
         if self.live is None:
-            self.console.print(f"epoch {epoch}/{run.recipe.settings.epochs}: train loss {m['train_loss']:.4f} "
+            self.console.print(f"epoch {epoch}/{run.epochs}: train loss {m['train_loss']:.4f} "
                                f"acc {m['train_acc']:.4f}, val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}, "
-                               f"lr {m['lr'][0]:.2g}, {m['seconds']:.1f} s{' best' if m['best'] else ''}")
+                               f"head lr {m['lr'][self.head]:.2g}, {m['seconds']:.1f} s{' best' if m['best'] else ''}")
 
     @hookimpl
     def runner_run_end(self, run, summary):

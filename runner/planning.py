@@ -6,12 +6,14 @@ from typing import Any
 
 from torch import nn
 
+from runner.freezing import is_held
+
 
 def _bn_mode(modules: list[nn.Module]) -> str:
     norms = [m for m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return "-"
-    held = sum("train" in m.__dict__ for m in norms)  # held in eval by the freeze policy
+    held = sum(is_held(m) for m in norms)  # held in eval by the freeze policy
     return "eval (held)" if held == len(norms) else "train" if held == 0 else f"{held} of {len(norms)} held"
 
 
@@ -26,9 +28,10 @@ def plan(run) -> dict[str, Any]:
         in_groups |= {id(p) for p in params}
         modules = sorted({owner[id(p)] for p in params})
         starts = run.freeze_plan.schedule.get(group.get("name"), 1)
+        trains = "from epoch 1" if starts <= 1 else f"from epoch {starts}"
         rows.append({"group": group.get("name", "group"), "modules": _summarise(modules),
                      "parameters": sum(p.numel() for p in params),
-                     "trains": "from epoch 1" if starts <= 1 else f"from epoch {starts}",
+                     "trains": "never" if starts > run.recipe.settings.epochs else trains,
                      "lr": None if auto else group["lr"], "lr_scale": group.get("lr_scale", 1.0),
                      "weight_decay": group.get("weight_decay", 0.0),
                      "batchnorm": _bn_mode([module_of[m] for m in modules])})
