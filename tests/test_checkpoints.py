@@ -110,3 +110,15 @@ def test_checkpoints_carry_format_and_version(tmp_path, imagefolder):
         torch.save({k: v for k, v in checkpoint.load(folder / "best.pt").items() if k != "optimizer"},
                    tmp_path / "x.pt")
         checkpoint.load(tmp_path / "x.pt", "last")
+
+
+def test_evaluate_prints_its_result_before_a_picture_it_cannot_write(tmp_path, imagefolder):
+    result = cli.invoke(app, ["run", write_recipe(tmp_path, imagefolder, epochs=1)])
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "runs").iterdir()
+    (folder / "confusion.png").mkdir()  # the picture cannot be written where it goes
+    done = cli.invoke(app, ["evaluate", str(folder), "--json"])
+    assert done.exit_code == 0, done.output
+    import json
+    assert 0 <= json.loads(done.stdout.splitlines()[0])["accuracy"] <= 1
+    assert "warning:" in done.stderr and "confusion.png" in done.stderr and "disk full" not in done.stderr

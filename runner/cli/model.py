@@ -70,31 +70,35 @@ def evaluate(run_folder: Annotated[str, typer.Argument(help="run folder (or chec
         if as_json:  # the result first: a picture that cannot be written must not lose it
             import json
             print(json.dumps(result))
+        else:
+            _print_scores(result, folder)
         out = model.folder / "confusion.png"
         try:
             inference.plot_confusion(result, out)
-        except RunnerError as exc:
-            warn(f"{exc}; the result above stands")
-            out = None
-        if as_json:
+        except (RunnerError, OSError) as exc:
+            detail = exc.problems[0] if isinstance(exc, RunnerError) else f"{out}: {exc.strerror or exc}"
+            warn(f"{detail}; the result above stands")
             return
-        console.print(f"[bold]accuracy {result['accuracy']:.4f}[/] on {result['images']} images of {folder}")
-        table = Table("class", "precision", "recall", "F1", "support")
-        for row in result["per_class"]:
-            table.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
-                          str(row["support"]))
-        console.print(table)
-        matrix = Table("true \\ predicted", *result["classes"])
-        for name, counts in zip(result["classes"], result["confusion"]):
-            matrix.add_row(name, *[str(c) for c in counts])
-        console.print(matrix)
-        if result["most_confident_wrong"]:
-            wrong = Table("most confidently wrong", "true", "predicted", "probability")
-            for w in result["most_confident_wrong"]:
-                wrong.add_row(w["file"], w["true"], w["predicted"], f"{w['probability']:.4f}")
-            console.print(wrong)
-        if out is not None:
+        if not as_json:
             console.print(f"confusion matrix picture: {out}")
+
+
+def _print_scores(result: dict, folder) -> None:
+    console.print(f"[bold]accuracy {result['accuracy']:.4f}[/] on {result['images']} images of {folder}")
+    table = Table("class", "precision", "recall", "F1", "support")
+    for row in result["per_class"]:
+        table.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+                      str(row["support"]))
+    console.print(table)
+    matrix = Table("true \\ predicted", *result["classes"])
+    for name, counts in zip(result["classes"], result["confusion"]):
+        matrix.add_row(name, *[str(c) for c in counts])
+    console.print(matrix)
+    if result["most_confident_wrong"]:
+        wrong = Table("most confidently wrong", "true", "predicted", "probability")
+        for w in result["most_confident_wrong"]:
+            wrong.add_row(w["file"], w["true"], w["predicted"], f"{w['probability']:.4f}")
+        console.print(wrong)
 
 
 @app.command("export")
