@@ -2,11 +2,8 @@
 rows reported as file:LINE like the others, and fuzzed rows give a dataset or a RunnerError, nothing else."""
 from __future__ import annotations
 
-import csv
-import json
-import os
-
 import functools
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +12,7 @@ from hypothesis import strategies as st
 from runner.types import Preprocess
 from runner.errors import RunnerError
 from runner.plugins import load_catalog
+from test_label_files import write_labels
 
 
 @functools.cache
@@ -25,17 +23,6 @@ def csv_dataset():
 def build(base_dir, **params):
     component = csv_dataset()
     return component.build(component.params(**params), Preprocess(size=32, resize=36), base_dir)
-
-
-def write_labels(path, rows, header=("path", "label", "split")):
-    """``rows`` (tuples in ``header`` order, any values) as a .csv, .tsv or .jsonl file, by the name's extension."""
-    if path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(dict(zip(header, row))) + "\n" for row in rows))
-    else:
-        with open(path, "w", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
-            writer.writerows([header, *rows])
-    return path
 
 
 def _problems(call) -> list[str]:
