@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import math
 
-import torch
 from pydantic import Field
 
-from runner.api import Params, Section, hookimpl, pyplot, save_figure
+from runner.api import Params, Section, hookimpl
 
 RUNNER_API = "1.0"
+MAX_LR_LINES = 6
+"""More parameter groups than this: the lr panel shows the head's and the lowest lr only."""
+# torch and matplotlib are imported where a picture is made, not when the plugin is loaded (runner list, --help)
 
 
 class Pictures(Params):
@@ -30,30 +32,43 @@ def runner_recipe_sections():
                     Pictures, on_by_default=True)]
 
 
-def denormalise(image: torch.Tensor, preprocess) -> torch.Tensor:
+def denormalise(image, preprocess):
     """A normalised CHW tensor back to an HWC image in [0, 1]."""
+    import torch
+
     mean = torch.tensor(preprocess.mean).view(3, 1, 1)
     std = torch.tensor(preprocess.std).view(3, 1, 1)
     return (image.float() * std + mean).clamp(0, 1).permute(1, 2, 0)
 
 
-def image_grid(images, titles, colours, preprocess, path, title: str) -> None:
+def grid_figure(images, titles, colours, preprocess, title: str):
+    """Images in a grid of up to 4 columns, each with its title in its colour: the figure, not yet saved."""
+    from runner.api import pyplot
+
     plt = pyplot()
     n = len(images)
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    cols = max(1, min(4, n))
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, text, colour in zip(axes.flat, images, titles, colours):
         ax.imshow(denormalise(image, preprocess).numpy())
-        ax.set_title(text, color=colour, fontsize=9)
-    fig.suptitle(title)
-    save_figure(fig, path)
+        ax.set_title(text, color=colour, fontsize=13)
+    fig.suptitle(title, fontsize=15)
+    return fig
+
+
+def image_grid(images, titles, colours, preprocess, path, title: str) -> None:
+    from runner.api import save_figure
+
+    save_figure(grid_figure(images, titles, colours, preprocess, title), path)
 
 
 def _items(dataset, count: int, seed: int):
     """``count`` items spread over ``dataset``, drawn without touching the run's random state."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         picks = torch.randperm(len(dataset))[:count].tolist()
@@ -72,25 +87,55 @@ def runner_run_start(run):
                run.folder / "batch.png", "a training batch, augmented as the model sees it")
 
 
-def plot_curves(rows: list[dict], path) -> None:
+def lr_lines(rows: list[dict], group_names: list[str] | None = None) -> list[tuple[int, str]]:
+    """The parameter groups the lr panel draws, as (index, label): every group, or with more than MAX_LR_LINES the
+    head's (the group named head, else the last) and the one with the lowest lr."""
+    count = len(rows[0]["lr"])
+    names = list(group_names or [])
+    names = names if len(names) == count else [f"group {i}" for i in range(count)]
+    if count == 1:
+        return [(0, names[0] if group_names else "lr")]
+    if count <= MAX_LR_LINES:
+        return list(enumerate(names))
+    head = names.index("head") if "head" in names else count - 1
+    lowest = min(range(count), key=lambda i: (sum(r["lr"][i] for r in rows), i))
+    return [(head, names[head]), (lowest, f"{names[lowest]} (lowest)")] if lowest != head else [(head, names[head])]
+
+
+def curves_figure(rows: list[dict], group_names: list[str] | None = None):
+    """Loss, accuracy and learning rate per epoch (metrics.jsonl rows): the figure, not yet saved. The lr panel is
+    on a log scale with a labelled line per parameter group (see :func:`lr_lines`); epochs are whole numbers."""
+    from matplotlib.ticker import MaxNLocator
+
+    from runner.api import pyplot
+
     plt = pyplot()
     epochs = [r["epoch"] for r in rows]
-    fig, (loss, acc, lr) = plt.subplots(1, 3, figsize=(13, 3.5))
+    fig, (loss, acc, lr) = plt.subplots(1, 3, figsize=(15, 4.5))
     for key, style in (("train", "-o"), ("val", "-s")):
-        loss.plot(epochs, [r[f"{key}_loss"] for r in rows], style, label=key, markersize=3)
-        acc.plot(epochs, [r[f"{key}_acc"] for r in rows], style, label=key, markersize=3)
-    groups = len(rows[0]["lr"])
-    for g in range(groups):
-        lr.plot(epochs, [r["lr"][g] for r in rows], label=f"group {g}" if groups > 1 else "lr")
-    for ax, name in ((loss, "loss"), (acc, "accuracy"), (lr, "learning rate")):
+        loss.plot(epochs, [r[f"{key}_loss"] for r in rows], style, label=key, markersize=4)
+        acc.plot(epochs, [r[f"{key}_acc"] for r in rows], style, label=key, markersize=4)
+    shown = lr_lines(rows, group_names)
+    for index, label in shown:
+        lr.plot(epochs, [r["lr"][index] for r in rows], "-o", label=label, markersize=3)
+    if any(r["lr"][i] > 0 for r in rows for i, _ in shown):
+        lr.set_yscale("log")
+    total = len(rows[0]["lr"])
+    lr_title = "learning rate" + (f" ({len(shown)} of {total} groups)" if len(shown) < total else "")
+    for ax, name in ((loss, "loss"), (acc, "accuracy"), (lr, lr_title)):
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-    loss.legend()
-    acc.legend()
-    if groups <= 6:
-        lr.legend(fontsize=7)
-    save_figure(fig, path)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(rows: list[dict], path, group_names: list[str] | None = None) -> None:
+    from runner.api import save_figure
+
+    save_figure(curves_figure(rows, group_names), path)
 
 
 @hookimpl
@@ -102,10 +147,12 @@ def runner_run_end(run, summary):
     if wanted.curves and metrics.is_file():
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         if rows:
-            plot_curves(rows, run.folder / "curves.png")
+            plot_curves(rows, run.folder / "curves.png", run.group_names)
     val = run.dataset("val")
     if not wanted.predictions or not len(val):
         return
+    import torch
+
     items = _items(val, min(wanted.predictions, len(val)), run.seed)
     images = torch.stack([image for image, _ in items])
     probs = run.predict(images)

@@ -13,6 +13,12 @@ changed file or weight never reuses a stale cache. A cache file is still only a 
 against the data set it claims to cover (rows, feature shape, dtype, finite values, the samples' labels) and rebuilt
 with a one-line warning when anything differs. A cache that cannot be written (full disk, unwritable folder) is a
 warning too: the run trains on the features it just extracted.
+
+The trunk's one pass (:func:`extract`) is what a cached run costs, so it runs as fast as the hardware allows without
+computing anything else: BatchNorm folded into the convolutions on a copy used only for it (checked against the
+unfolded trunk on the first batch), channels_last, the batch that measured fastest, torch's threads on the physical
+cores and glibc's allocator told to reuse freed activations (``bench/extract_speed.py`` measures each). The
+features equal the plain model's within fp32 rounding (~1e-5).
 """
 from __future__ import annotations
 
@@ -84,14 +90,20 @@ class CachedFeatures(Dataset):
         return self.features[self.view[i], i], self.labels[i]
 
 
-def _fingerprint(model: nn.Module, dataset, parts: list) -> str | None:
+def _fingerprint(model: nn.Module, dataset, parts: list, head: nn.Module | None = None) -> str | None:
+    """The cache key: the weights before ``head`` (what the head receives does not depend on the head's own, so
+    runs that differ only in the new head's initialisation share features), the dataset's files, ``parts``."""
     files = getattr(dataset, "samples", None)  # ImageFolder and its kin list (path, label)
     own = getattr(dataset, "fingerprint", None)  # other datasets may say what identifies their content
     if files is None and own is None:
         return None
     h = hashlib.sha256()
     h.update(repr(own).encode())
-    for tensor in model.state_dict().values():
+    prefix = next((name + "." for name, m in model.named_modules() if m is head and name), None)
+    for name, tensor in model.state_dict().items():
+        if prefix is not None and name.startswith(prefix):
+            continue
+        h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
                  if tensor.numel() else b"")
     h.update(repr(parts).encode())
@@ -103,26 +115,190 @@ def _fingerprint(model: nn.Module, dataset, parts: list) -> str | None:
     return h.hexdigest()[:32]
 
 
-@torch.no_grad()
-def extract(run, dataset, views: int, forward_images) -> tuple[torch.Tensor, torch.Tensor]:
-    """(views, N, D) head inputs and N labels, from ``views`` passes over ``dataset`` in index order."""
-    head, captured = run.backbone.head, []
-    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
-    loader = DataLoader(dataset, batch_size=run.data.val_batch_size, shuffle=False, num_workers=run.data.workers,
-                        pin_memory=run.device.type == "cuda")
-    run.model.eval()
-    all_views, labels = [], []
+EXTRACT_CPU_BATCH = 16
+"""Batch of the cached trunk pass on a CPU (the recipe's val batch on a GPU). Measured on a 2-core AVX2 EPYC,
+EfficientNet-Lite0 folded, channels_last, ants/bees training images (``bench/extract_speed.py``, first pass):
+batch 8 84, 16 85, 32 77, 64 76 img/s -- past 16 the activations (tens to hundreds of MB) fall out of cache.
+Results do not depend on it."""
+PREFETCH = False
+"""Transform the next batch in a background thread while the trunk runs. Measured on 2 cores: 87 against 85 img/s,
+within noise (the transforms and the trunk's two threads share the same two cores), so off; loader workers still
+apply on machines with more cores (``dataset.workers``)."""
+FOLD_TOLERANCE = 1e-3
+"""Largest difference, relative to the largest head input, that a folded trunk may show against the unfolded one on
+the first batch (fp32); folding is exact up to rounding (~1e-6), so anything larger means the fold was wrong for
+this model (a convolution whose output is also used elsewhere, a custom forward) and the unfolded trunk is used."""
+
+
+def _norm_replacement(module: nn.Module) -> nn.Module | None:
+    """What is left of a BatchNorm once its affine is folded into the convolution before it: nothing for
+    torch's BatchNorm2d, the activation of timm's BatchNormAct2d; None for a norm this cannot fold (a subclass
+    with its own forward, training statistics, no running statistics)."""
+    if not isinstance(module, nn.BatchNorm2d) or module.training or module.running_mean is None:
+        return None
+    if type(module) is nn.BatchNorm2d:
+        return nn.Identity()
+    if type(module).__name__ == "BatchNormAct2d" and type(module).__module__.startswith("timm."):
+        return nn.Sequential(module.drop, module.act)  # timm: batch_norm, then drop, then act
+    return None
+
+
+def _foldable_convolution(module: nn.Module) -> bool:
+    """torch's Conv2d, or timm's Conv2dSame (the same weights, padding computed in forward)."""
+    return type(module) is nn.Conv2d or (type(module).__name__ == "Conv2dSame"
+                                         and type(module).__module__.startswith("timm."))
+
+
+def _fold_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """(parent, convolution name, norm name): a Conv2d registered right before an eval-mode BatchNorm of as many
+    channels, the way torchvision and timm build conv-bn(-act) (the first batch checks it is also the order they
+    run in)."""
+    pairs = []
+    for parent in model.modules():
+        names = [name for name, child in parent._modules.items() if child is not None]
+        for before, after in zip(names, names[1:]):
+            conv, norm = parent._modules[before], parent._modules[after]
+            if (_foldable_convolution(conv) and _norm_replacement(norm) is not None
+                    and norm.num_features == conv.out_channels):
+                pairs.append((parent, before, after))
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
+    """An eval-mode copy of ``model`` with each BatchNorm folded into the convolution before it, and how many were
+    folded; ``model`` itself (not copied) when there is nothing to fold. Folding computes the same function in eval
+    mode (``torch.nn.utils.fusion.fuse_conv_bn_eval``: w' = w * gamma / sqrt(var + eps), b' = (b - mean) * gamma /
+    sqrt(var + eps) + beta) with one pass over each activation less. For inference only: the copy is not trained."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    was = model.training
+    model.eval()
     try:
-        for view in range(views):
-            captured.clear()
-            labels.clear()
-            with torch.inference_mode():
-                for images, targets in loader:
-                    forward_images(images)
-                    labels.append(targets)
-            all_views.append(torch.cat(captured).float().cpu())
+        if not _fold_pairs(model):
+            return model, 0
+        folded = copy.deepcopy(model).eval()
+    finally:
+        model.train(was)
+    pairs = _fold_pairs(folded)
+    for parent, conv, norm in pairs:
+        replacement = _norm_replacement(parent._modules[norm])
+        parent._modules[conv] = fuse_conv_bn_eval(parent._modules[conv], parent._modules[norm])
+        parent._modules[norm] = replacement
+    for param in folded.parameters():
+        param.requires_grad_(False)
+    return folded, len(pairs)
+
+
+def _submodule_named_like(model: nn.Module, module: nn.Module, copy: nn.Module) -> nn.Module:
+    """In ``copy`` (a deep copy of ``model``), the module that ``module`` is in ``model``."""
+    if copy is model:
+        return module
+    name = next(name for name, m in model.named_modules() if m is module)
+    return copy.get_submodule(name)
+
+
+def _head_inputs(model: nn.Module, head: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    captured = []
+    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
+    try:
+        model(images)
     finally:
         handle.remove()
+    return captured[0].float()
+
+
+def _prefetched(batches):
+    """``batches`` produced one ahead by a background thread (PIL and torch's transforms release the GIL)."""
+    import queue
+    import threading
+
+    ahead: queue.Queue = queue.Queue(maxsize=2)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in batches:
+                if stop.is_set():
+                    return
+                ahead.put(item)
+            ahead.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            ahead.put(exc)
+
+    worker = threading.Thread(target=produce, daemon=True, name="runner-prefetch")
+    worker.start()
+    try:
+        while (item := ahead.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ahead.get_nowait()
+            except queue.Empty:
+                worker.join(0.01)
+
+
+def extraction_batch(run) -> int:
+    return EXTRACT_CPU_BATCH if run.device.type == "cpu" else run.data.val_batch_size
+
+
+@torch.no_grad()
+def extract(run, dataset, views: int, forward_images=None, info: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(views, N, D) head inputs and N labels, from ``views`` passes over ``dataset`` in index order.
+    (``forward_images`` is no longer used here; it is accepted for callers that pass it.)
+
+    The pass is the frozen trunk in eval mode, so it runs as fast as the hardware allows without computing anything
+    else: BatchNorm folded into the convolutions (on a copy used only here; checked against the unfolded trunk on
+    the first batch), channels_last when the recipe uses it, the CPU batch that measured fastest, torch's threads
+    on the physical cores, glibc told to reuse freed activations. The features equal the plain model's up to fp32
+    rounding. ``info`` (if given) receives what was done: ``folded`` norms, ``batch``, ``threads``."""
+    from runner import hardware
+    from runner.engine.run import autocast
+
+    model, head = run.model, run.backbone.head
+    trunk, folded = fold_batchnorm(model)
+    if trunk is not model and run.recipe.settings.channels_last:
+        trunk.to(memory_format=torch.channels_last)
+    batch = extraction_batch(run)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=run.data.workers,
+                        pin_memory=run.device.type == "cuda")
+    if run.device.type == "cpu":
+        hardware.keep_freed_memory()
+
+    def prepare(images):
+        images = images.to(run.device, non_blocking=True)
+        if run.recipe.settings.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    trunk_head = _submodule_named_like(model, head, trunk)
+    model.eval()
+    all_views, labels = [], []
+    with hardware.compute_threads(run.device), torch.inference_mode():
+        for view in range(views):
+            captured = []
+            labels.clear()
+            batches = _prefetched(iter(loader)) if PREFETCH and run.data.workers == 0 else loader
+            for images, targets in batches:
+                images = prepare(images)
+                if folded and not all_views and not captured:  # the first batch checks the fold
+                    want = _head_inputs(model, head, images[:2])
+                    got = _head_inputs(trunk, trunk_head, images[:2])
+                    if (got - want).abs().max() > FOLD_TOLERANCE * max(1.0, float(want.abs().max())):
+                        trunk, trunk_head, folded = model, head, 0
+                with autocast(run):
+                    captured.append(_head_inputs(trunk, trunk_head, images))
+                labels.append(targets)
+            all_views.append(torch.cat(captured).cpu())
+        threads = torch.get_num_threads()
+    if info is not None:
+        info.update(folded=folded, batch=batch, threads=threads)
     return torch.stack(all_views), torch.cat(labels)
 
 
@@ -172,11 +348,16 @@ def _item_shape(run, dataset, forward_images) -> tuple[int, ...]:
     return tuple(shapes[0])
 
 
-def cached_features(run, dataset, views: int, forward_images, tag: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def cached_features(run, dataset, views: int, forward_images, tag: str, random: bool = True,
+                    info: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Features for ``dataset``, from the disk cache when its key matches and its contents fit the data set, else
-    extracted and saved (when the cache folder takes them)."""
-    key = _fingerprint(run.model, dataset, [tag, views, run.recipe.settings.seed, str(run.autocast_dtype),
-                                            run.recipe.settings.channels_last, type(run.model).__name__])
+    extracted and saved (when the cache folder takes them). ``random``: the dataset's transform draws random
+    numbers, so the seed is part of the key (runs that differ only in seed share the features of a fixed
+    transform). ``info`` receives how they were extracted (see :func:`extract`)."""
+    seed = run.recipe.settings.seed if random else None
+    key = _fingerprint(run.model, dataset, [tag, views, seed, str(run.autocast_dtype),
+                                            run.recipe.settings.channels_last, type(run.model).__name__],
+                       head=run.backbone.head)
     path = cache_dir() / f"{key}.pt" if key else None
     if distributed.from_main(path is not None and path.is_file()):  # every process takes the same branch
         try:
@@ -193,7 +374,7 @@ def cached_features(run, dataset, views: int, forward_images, tag: str) -> tuple
     torch.manual_seed(run.recipe.settings.seed + len(tag))
     # under torchrun each process extracts items rank::world, then all gather the whole
     shard = Subset(dataset, distributed.Shard(len(dataset)).indices) if distributed.active() else dataset
-    features, labels = extract(run, shard, views, forward_images)
+    features, labels = extract(run, shard, views, forward_images, info)
     features = distributed.gather_shards(features, len(dataset), 1, run.device)
     labels = distributed.gather_shards(labels, len(dataset), 0, run.device)
     if path is not None:

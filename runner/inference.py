@@ -224,24 +224,36 @@ def _scores(trained: Trained, batches, names: list[str]) -> dict:
             "most_confident_wrong": sorted(wrong, key=lambda w: -w["probability"])[:10]}
 
 
-def plot_confusion(result: dict, path: Path) -> None:
+def plot_confusion(result: dict, path: Path | None = None):
+    """The confusion matrix as a picture: counts in the cells, class names on both axes, over 600 px a side
+    at the 80 dpi pictures are saved at; written to ``path`` (when given) and returned as the figure."""
     from runner.figures import pyplot, save_figure
 
     plt = pyplot()
-    matrix = torch.tensor(result["confusion"])
-    n = len(result["classes"])
-    fig, ax = plt.subplots(figsize=(2 + 0.6 * n, 1.6 + 0.6 * n))
-    ax.imshow(matrix.numpy(), cmap="Blues")
-    ax.set_xticks(range(n), result["classes"], rotation=45, ha="right")
-    ax.set_yticks(range(n), result["classes"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    matrix = [[int(c) for c in row] for row in result["confusion"]]
+    classes = [str(c) for c in result["classes"]]
+    n = len(classes)
+    side = max(9.0, 2.5 + 0.55 * n)  # inches, at 80 dpi: over 600 px once the margins are trimmed
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="images")
+    labels = max(7, min(13, int(160 / max(n, 1))))  # font sizes shrink with the number of classes
+    turned = n > 3 or max(map(len, classes), default=0) > 8
+    ax.set_xticks(range(n), classes, rotation=45 if turned else 0, ha="right" if turned else "center",
+                  fontsize=labels)
+    ax.set_yticks(range(n), classes, fontsize=labels)
+    ax.set_xlabel("predicted", fontsize=13)
+    ax.set_ylabel("true", fontsize=13)
+    peak = max((c for row in matrix for c in row), default=0)
+    counts = max(6, min(16, int(220 / max(n, 1))))
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    ax.set_title(f"accuracy {result['accuracy']:.4f} on {result['images']} images")
-    save_figure(fig, path)
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=counts,
+                    color="white" if peak and matrix[i][j] > peak / 2 else "black")
+    ax.set_title(f"accuracy {result['accuracy']:.4f} on {result['images']} images", fontsize=14)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
 
 
 def export_batch(trained: Trained, images: str | None, catalog) -> torch.Tensor:

@@ -10,7 +10,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -49,6 +49,15 @@ class Settings(Params):
                             "(needs a frozen trunk), off never")
     views: int = Field(1, gt=0, description="augmented views of each training image cached when the training "
                                             "transform is random; each epoch draws one per image")
+    head_solver: Literal["sgd", "lbfgs"] = Field(
+        "sgd", description="how the head is trained: sgd, the recipe's optimizer, scheduler and epochs; lbfgs, a "
+                           "linear probe solved to convergence (full-batch L-BFGS with L2 weight decay on the cached "
+                           "features of a frozen trunk, then one validation; the optimizer, scheduler and epochs are "
+                           "not used)")
+    head_weight_decay: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="head_solver: lbfgs: the L2 penalty (lambda/2 * |W|^2 added to the mean loss, biases "
+                            "free); auto picks it from 1e-6..1e-1 by accuracy on a held-out fifth of the training "
+                            "images, then refits on all of them")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the training loss")
     mixup: float | None = Field(None, gt=0, description="MixUp: blend pairs of training images and their labels "
                                                         "with a Beta(alpha, alpha) weight; the value is alpha "

@@ -98,15 +98,37 @@ class Result:
 
 
 def run(recipe_or_ref: Recipe | str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None,
-        plugins: Sequence[Any] = (), progress: bool = True, resume: str | Path | None = None) -> Result:
+        plugins: Sequence[Any] = (), progress: bool = True, resume: str | Path | None = None,
+        seeds: int | None = None) -> Result | dict[str, Any]:
     """Train a recipe (a file, a packaged name or a loaded :func:`recipe`) and return its :class:`Result`.
 
     ``plugins``: plugin files, module names or objects (with ``@runner.api.hookimpl`` methods) registered for this
     run only, e.g. to watch epochs from a notebook. ``progress``: the live progress and epoch table (rich renders
     in Jupyter too). Ctrl-C (a kernel interrupt) leaves ``last.pt`` for ``resume=folder`` and raises
-    KeyboardInterrupt."""
+    KeyboardInterrupt.
+
+    ``seeds=N`` runs the recipe with seeds 0..N-1 (each an ordinary run folder, inside one
+    ``<output>/<name>-seeds-<time>`` folder) and returns the aggregate also written there as ``seeds.json``:
+    ``best_val_acc`` and ``final_val_acc`` as ``{"mean", "std", "min", "max", "n"}`` (std: sample, n-1), ``runs``
+    (each seed's figures and folder), ``folder``, and ``results``, the runs' :class:`Result` objects."""
     from runner import engine, session
 
+    if seeds is not None:
+        import dataclasses
+
+        from runner.engine.loop import seed_runs, seed_summary
+
+        if resume is not None:
+            raise RunnerError("seeds= runs the recipe once per seed: give no resume=")
+        first, _ = _load(recipe_or_ref, overrides, plugins)  # bad input fails before any run
+        folder, per_seed = seed_runs(seeds, first.settings.output, first.name)
+        results = []
+        for changes in per_seed:
+            loaded, catalog = _load(recipe_or_ref, overrides, plugins)
+            loaded = dataclasses.replace(loaded, settings=loaded.settings.model_copy(update=changes))
+            results.append(train(loaded, catalog, display=_display() if progress else None))
+        aggregate = seed_summary([r.summary for r in results], folder, first.name)
+        return {**aggregate, "results": results}
     if resume is not None:
         refs, objects = _split_plugins(plugins)
         loaded, catalog, _ = session.load_run_folder(resume, refs, objects)

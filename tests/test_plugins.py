@@ -46,7 +46,7 @@ def invoke(*args: str):
 
 def row(output: str, first_cell: str) -> str:
     """The table line whose first cell is ``first_cell``."""
-    lines = [line for line in output.splitlines() if re.match(rf"│ {re.escape(first_cell)}\s+│", line)]
+    lines = [line for line in output.splitlines() if re.match(rf"{re.escape(first_cell)}\s", line)]
     assert len(lines) == 1, output
     return lines[0]
 
@@ -97,9 +97,9 @@ def example_plugin():
 def test_installed_plugin_is_listed_with_its_plugin(example_plugin):
     result = invoke("list")
     assert result.exit_code == 0, result.output
-    line = next(line for line in result.output.splitlines() if "│ tiny_cnn " in line)
+    line = next(line for line in result.output.splitlines() if "tiny_cnn" in line.split())
     assert "runner_example" in line and "backbone" in line
-    line = next(line for line in result.output.splitlines() if "│ halve " in line)
+    line = next(line for line in result.output.splitlines() if "halve" in line.split())
     assert "runner_example" in line and "scheduler" in line
 
 
@@ -169,7 +169,7 @@ def test_plugin_file_from_the_command_line(tmp_path):
     plugin = write(tmp_path / "myplugin.py", LOCAL_PLUGIN)
     result = invoke("--plugin", plugin, "list", "schedulers")
     assert result.exit_code == 0, result.output
-    line = next(line for line in result.output.splitlines() if "│ quarter " in line)
+    line = next(line for line in result.output.splitlines() if "quarter" in line.split())
     assert "myplugin" in line and "quarter the lr every epoch" in line
     assert "quarter" not in invoke("list", "schedulers").output  # only when asked for
 
@@ -380,10 +380,10 @@ def test_early_stopping_and_metrics_csv(tmp_path, imagefolder):
     with open(run.folder / "metrics.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert {"epoch", "train_loss", "val_acc", "lr"} <= set(reader.fieldnames)
+    assert {"epoch", "train_loss", "val_acc", "lr_head"} <= set(reader.fieldnames)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for r, m in zip(rows, lines):
-        assert float(r["train_loss"]) == pytest.approx(m["train_loss"]) and float(r["lr"]) == m["lr"][0]
+        assert float(r["train_loss"]) == pytest.approx(m["train_loss"]) and float(r["lr_head"]) == m["lr"][0]
         assert float(r["val_acc"]) == pytest.approx(m["val_acc"])
 
 

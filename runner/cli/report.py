@@ -7,21 +7,33 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from runner.cli import KEEP, NUMBER, WORDS, WRAP, Rows
 from runner.hookspecs import hookimpl
 
 
-def plan_table(data: dict) -> Table:
-    table = Table("group", "modules", "parameters", "trains", "lr", "wd", "BatchNorm",
-                  title=f"{data['recipe']}: {data['trainable']:,} of {data['total']:,} parameters train",
-                  title_justify="left")
-    for index in (0, 2, 3, 4, 6):  # the modules column is the one that wraps
-        table.columns[index].no_wrap = True
-    table.columns[1].overflow = "fold"
+def plan_table(data: dict) -> Rows:
+    """The plan as a table; on a screen too narrow for it, a line per group with its modules and numbers."""
+    title = f"{data['recipe']}: {data['trainable']:,} of {data['total']:,} parameters train"
+    table = Rows(("group", KEEP), ("modules", WORDS), ("parameters", NUMBER), ("trains", KEEP), ("lr", NUMBER),
+                 ("wd", NUMBER), ("BatchNorm", KEEP), title=title, narrow=lambda: [_plan_lines(data, title)])
     for row in data["rows"]:
-        table.add_row(row["group"], row["modules"], f"{row['parameters']:,}", row["trains"],
-                      _plan_lr(row),
-                      f"{row['weight_decay']:.3g}" if row["trains"] != "never" else "-", row["batchnorm"])
+        table.add_row(row["group"], row["modules"], f"{row['parameters']:,}", row["trains"], _plan_lr(row),
+                      _plan_wd(row), row["batchnorm"])
     return table
+
+
+def _plan_lines(data: dict, title: str) -> Rows:
+    lines = Rows(("group", KEEP), ("plan", WRAP), title=title, show_header=False)
+    for row in data["rows"]:
+        when = "never trains" if row["trains"] == "never" else f"trains {row['trains']}, lr {_plan_lr(row)}, " \
+                                                               f"weight decay {_plan_wd(row)}"
+        lines.add_row(row["group"], f"{row['parameters']:,} parameters in {row['modules']}; {when}; "
+                                    f"BatchNorm {row['batchnorm']}")
+    return lines
+
+
+def _plan_wd(row: dict) -> str:
+    return f"{row['weight_decay']:.3g}" if row["trains"] != "never" else "-"
 
 
 class RichReport:
@@ -46,7 +58,7 @@ class RichReport:
             f"{notes['device']}; {run.epochs} epochs -> {run.folder}")
         self.console.print(f"precision: {notes['precision']}; feature cache: {notes['cache']}", highlight=False)
         if not run.resumed:  # a fresh run shows its plan; a resumed one has shown it
-            self.console.print(plan_table(run.plan()))
+            self.console.print(plan_table(run.plan()), crop=False)
         skipped = run.skipped
         if skipped:
             self.console.print(f"[yellow]skipped {len(skipped)} unreadable image(s)[/], e.g. {skipped[0]}",

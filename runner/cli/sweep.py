@@ -10,19 +10,24 @@ from rich.text import Text
 from runner.cli import app, console, errors, handled, state
 
 
-@app.command()
+SWEEP_HELP = ("Train a recipe over a grid of overrides (or optuna-sampled trials), ranked in a leaderboard; the same "
+              "command again skips finished trials and continues an interrupted one.")
+
+
+@app.command(help=SWEEP_HELP)  # one line: typer's help keeps a docstring's line breaks
 def sweep(recipe: Annotated[str, typer.Argument(help="recipe file or packaged recipe name")],
-          grid: Annotated[list[str], typer.Option("--grid", help="key.path=v1,v2,... (YAML values); repeatable: "
-                                                               "every combination trains")] = [],
-          set_: Annotated[list[str], typer.Option("--set", help="override for every trial, key.path=value")] = [],
-          out: Annotated[Optional[str], typer.Option("--out", help="sweep folder (default: <output>/sweep-<recipe>-"
-                                                                   "<hash>, found again by the same command)")] = None,
-          optuna: Annotated[Optional[int], typer.Option("--optuna", help="sample N trials with optuna's TPE "
-                                                                         "(needs optuna: the sweep extra)")] = None,
-          range_: Annotated[list[str], typer.Option("--range", help="with --optuna: key=low:high[:log] or "
-                                                                    "key=a,b,c; repeatable")] = []):
-    """Train a recipe over a grid of overrides (or optuna-sampled trials), ranked in a leaderboard; the same
-    command again skips finished trials and continues an interrupted one."""
+          grid: Annotated[list[str], typer.Option("--grid", metavar="KEY=V1,V2", help="key.path=v1,v2,... (YAML "
+                                                  "values); repeatable: every combination trains")] = [],
+          set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="override for every trial, "
+                                                  "key.path=value")] = [],
+          out: Annotated[Optional[str], typer.Option("--out", metavar="FOLDER", help="sweep folder (default: "
+                                                     "<output>/sweep-<recipe>-<hash>, found again by the same "
+                                                     "command)")] = None,
+          optuna: Annotated[Optional[int], typer.Option("--optuna", metavar="N", help="sample N trials with "
+                                                        "optuna's TPE (needs optuna: the sweep extra)")] = None,
+          range_: Annotated[list[str], typer.Option("--range", metavar="KEY=LOW:HIGH", help="with --optuna: "
+                                                    "key=low:high[:log] or key=a,b,c; repeatable")] = []):
+    """``runner sweep``: see SWEEP_HELP."""
     from runner import sweep as sweeps
     from runner.cli.sweep_display import SweepDisplay
     from runner.plugins import load_catalog

@@ -5,23 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
+from runner.cli import KEEP, NUMBER, Rows
 from runner.hookspecs import hookimpl
 from runner.sweep import FINISHED, Sweep, best_trial, is_finished, shown_value
 
 
-def leaderboard_table(rows: list[dict], title: str | None = None) -> Table:
-    """The leaderboard as a rich table: a column per swept key, best val accuracy first."""
+def leaderboard_table(rows: list[dict], title: str | None = None) -> Rows:
+    """The leaderboard: a column per swept key, best val accuracy first; values and folder names never cut."""
     keys = list(dict.fromkeys(k for row in rows for k in (row["overrides"] or {})))
     last = [k.rsplit(".", 1)[-1] for k in keys]
     headers = [short if last.count(short) == 1 and short != "name" else key for key, short in zip(keys, last)]
-    table = Table("trial", *headers, "val acc", "epoch", "s", "status", "run folder", title=title,
-                  title_justify="left")
-    for column in table.columns[:-1]:
-        column.no_wrap = True
-    table.columns[-1].overflow = "fold"
-    table.columns[-1].min_width = 12
+    table = Rows(("trial", NUMBER), *((h, KEEP) for h in headers), ("val acc", NUMBER), ("epoch", NUMBER),
+                 ("s", NUMBER), ("status", KEEP), ("run folder", KEEP), title=title)
     for row in rows:
         overrides = row["overrides"] or {}
         acc = "" if row["best_val_acc"] is None else f"{row['best_val_acc']:.4f}"
@@ -29,8 +26,7 @@ def leaderboard_table(rows: list[dict], title: str | None = None) -> Table:
         table.add_row(str(row["trial"]), *(shown_value(overrides[k]) if k in overrides else "" for k in keys), acc,
                       "" if row["best_epoch"] is None else str(row["best_epoch"]),
                       "" if row["wall_s"] is None else f"{row['wall_s']:.1f}",
-                      f"[{style}]{row['status']}[/]" if style else row["status"],
-                      Path(row["folder"]).name if row["folder"] else "")
+                      Text(row["status"], style=style), Path(row["folder"]).name if row["folder"] else "")
     return table
 
 
@@ -82,7 +78,7 @@ class SweepDisplay:
     def leaderboard(self, rows: list[dict], sweep: Sweep) -> None:
         finished = sum(r["status"] in FINISHED for r in rows)
         self.shown = True
-        self.console.print(leaderboard_table(rows, f"leaderboard: {finished} of {sweep.total} trials"))
+        self.console.print(leaderboard_table(rows, f"leaderboard: {finished} of {sweep.total} trials"), crop=False)
 
     def end(self, rows: list[dict], sweep: Sweep, state: dict) -> None:
         if not self.shown and rows:  # nothing ran this time: show where the sweep stands

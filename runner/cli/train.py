@@ -21,10 +21,19 @@ def run(recipe: Annotated[Optional[str], typer.Argument(help="recipe file or pac
         nnodes: Annotated[Optional[str], typer.Option(help="torchrun --nnodes (several machines)")] = None,
         node_rank: Annotated[Optional[int], typer.Option(help="torchrun --node-rank")] = None,
         master_addr: Annotated[Optional[str], typer.Option(help="torchrun --master-addr")] = None,
-        master_port: Annotated[Optional[int], typer.Option(help="torchrun --master-port")] = None):
+        master_port: Annotated[Optional[int], typer.Option(help="torchrun --master-port")] = None,
+        seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="run the recipe with seeds 0..N-1 and "
+                                                     "report mean ± std of best and final val accuracy (seeds.json)")] = None):
     """Train a recipe; writes a run folder with the resolved recipe, metrics, checkpoints and pictures."""
     with handled():
-        if nproc > 1 or nnodes:
+        if seeds is not None:
+            if resume or nproc > 1 or nnodes:
+                raise RunnerError("--seeds runs the recipe once per seed in this process: give a recipe, no --resume "
+                                  "and no --nproc")
+            if recipe is None:
+                raise RunnerError("runner run --seeds needs a recipe (a file or a packaged name such as extract)")
+            _train_seeds(recipe, set_, seeds)
+        elif nproc > 1 or nnodes:
             _launch(recipe, set_, resume, nproc, nnodes, node_rank, master_addr, master_port)
         elif resume:
             if recipe or set_:
@@ -78,6 +87,41 @@ def _train(recipe: str | None, overrides: list[str], resume: str | None) -> None
         report.stop()
     from runner import distributed
     distributed.finish()  # not after a failure: the other processes may be inside a collective; torchrun ends them
+
+
+def _train_seeds(recipe: str, overrides: list[str], count: int) -> None:
+    """The recipe once per seed 0..count-1, each an ordinary run folder inside one ``<name>-seeds-<time>`` folder,
+    then a table and mean ± std of best and final val accuracy, also written there as ``seeds.json``."""
+    from runner import engine
+    from runner.cli.report import RichReport
+    from runner.engine.loop import seed_runs, seed_summary
+
+    loaded, _ = load_with_catalog(recipe, overrides)  # bad input fails here, before any run
+    name = loaded.name
+    folder, per_seed = seed_runs(count, loaded.settings.output, name)
+    summaries = []
+    for changes in per_seed:
+        loaded, catalog = load_with_catalog(recipe, overrides)
+        loaded.settings = loaded.settings.model_copy(update=changes)
+        console.print(f"[bold]seed {changes['seed']}[/] ({changes['seed'] + 1} of {count})")
+        run_ = engine.build(loaded, catalog)
+        report = RichReport(console)
+        catalog.pm.register(report, name="runner.report")
+        try:
+            summaries.append(engine.fit(run_))
+        finally:
+            report.stop()
+    result = seed_summary(summaries, folder, name)
+    table = Table("seed", "best val acc", "best epoch", "final val acc", "wall s", title=f"{name}: {count} seeds")
+    for row in result["runs"]:
+        final = row["final_val_acc"]
+        table.add_row(str(row["seed"]), f"{row['best_val_acc']:.4f}", str(row["best_epoch"]),
+                      "" if final is None else f"{final:.4f}", f"{row['wall_s']:.1f}")
+    console.print(table)
+    best, final = result["best_val_acc"], result["final_val_acc"]
+    shown = lambda s: f"{s['mean']:.4f} ± {s['std']:.4f}" if s["n"] else "n/a"  # noqa: E731
+    console.print(f"[bold]best val acc {shown(best)}[/], final val acc {shown(final)} (mean ± sample std over "
+                  f"seeds 0..{count - 1}); {folder}/seeds.json", highlight=False)
 
 
 @app.command("lr-find")

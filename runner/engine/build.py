@@ -2,6 +2,7 @@
 policy, optimizer, scheduler), loaders, the feature-cache and precision decisions, the lr finder."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -64,6 +65,9 @@ def build(recipe: Recipe, catalog: Catalog, find_lr: bool = True) -> Run:
     """Turn a validated recipe into a ready Run: model with its new head, data, frozen parts, optimizer.
 
     With ``optimizer.lr: auto`` the lr finder runs here unless ``find_lr`` is False (the placeholder lr stays)."""
+    if recipe.settings.head_solver == "lbfgs" and recipe.settings.epochs != 1:
+        # the head is solved once: the run is one epoch (so the report, recipe.yaml and resume say so)
+        recipe = dataclasses.replace(recipe, settings=recipe.settings.model_copy(update={"epochs": 1}))
     parts = Components(recipe, catalog)
     settings, params = recipe.settings, recipe.params
     torch.manual_seed(settings.seed)
@@ -86,6 +90,8 @@ def build(recipe: Recipe, catalog: Catalog, find_lr: bool = True) -> Run:
               val_loader=val_loader, hook=catalog.pm.hook if distributed.is_main() else distributed.Silent())
     run.mix = _batch_mixer(settings, len(data.classes))
     run.cache, run.cache_note = _cache_decision(run)
+    if settings.head_solver == "lbfgs":
+        _check_solvable(run)
     # measured in rank 0 alone (the others would contend for its cores and skew it), then the same everywhere
     run.train_dtype, run.precision_note = distributed.from_main(
         _training_precision(run) if distributed.is_main() else None)
@@ -94,7 +100,7 @@ def build(recipe: Recipe, catalog: Catalog, find_lr: bool = True) -> Run:
         run.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
     if settings.compile:
         run.compiled = torch.compile(model)
-    if auto_lr and find_lr:
+    if auto_lr and find_lr and settings.head_solver == "sgd":  # L-BFGS has no lr to find
         _choose_lr(run, parts, steps_per_epoch)
     wrap_for_processes(run)
     return run
@@ -229,6 +235,18 @@ def _cache_decision(run: Run) -> tuple[bool, str]:
     return False, f"off: not exact, {inexact} (cache: features caches augmented views)"
 
 
+def _check_solvable(run: Run) -> None:
+    """``head_solver: lbfgs`` fits the head alone, once, on cached features of a frozen trunk: say in one line
+    what stops it otherwise."""
+    where = run.recipe.where("head_solver")
+    if not run.cache:
+        raise RunnerError(f"{where}: head_solver: lbfgs needs a frozen trunk with cached features (freeze: "
+                          f"all_but_head, cache: auto or features); here the feature cache is {run.cache_note}")
+    if run.freeze_plan.on_epoch is not None:
+        raise RunnerError(f"{where}: head_solver: lbfgs fits the head once; the freeze policy "
+                          f"'{run.recipe.sections['freeze']['name']}' unfreezes the backbone later (use all_but_head)")
+
+
 def prepare_features(run: Run) -> None:
     """Swap in the cached-feature loaders once (the lr finder may have done it before fit)."""
     if run.image_loaders is None:
@@ -242,14 +260,18 @@ def use_cached_features(run: Run) -> str:
 
     run.image_loaders = (run.train_loader, run.val_loader)
     views = settings.views if data.augmented else 1
-    forward = functools.partial(eval_logits, run)
-    train_x, train_y, hit_train = feature_cache.cached_features(run, data.train, views, forward, "train")
-    val_x, val_y, hit_val = feature_cache.cached_features(run, data.val, 1, forward, "val")
+    forward, info = functools.partial(eval_logits, run), {}
+    train_x, train_y, hit_train = feature_cache.cached_features(run, data.train, views, forward, "train",
+                                                                random=data.augmented, info=info)
+    val_x, val_y, hit_val = feature_cache.cached_features(run, data.val, 1, forward, "val", random=False, info=info)
     run.train_loader, run.val_loader = loaders(feature_cache.CachedFeatures(train_x, train_y, settings.seed),
                                                 feature_cache.CachedFeatures(val_x, val_y), data, settings.seed,
                                                 run.recipe, run.device, workers=0)
     wrap_for_processes(run)
     how = "loaded from cache" if hit_train and hit_val else "extracted"
+    if info:
+        folded = f"{info['folded']} BatchNorms folded, " if info["folded"] else ""
+        how += f" ({folded}batch {info['batch']}, {info['threads']} threads)"
     return f"{how} in {time.perf_counter() - started:.1f} s"
 
 

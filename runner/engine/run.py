@@ -46,6 +46,8 @@ class Progress:
     """Set through ``RunView.stop`` to end the run after the current epoch; the text says why."""
     plugin_state: dict[str, Any] = field(default_factory=dict)
     resumed: bool = False
+    final_val_acc: float | None = None
+    """The val accuracy of the last epoch run in this process (None when a resume had no epoch left)."""
 
 
 @dataclass
@@ -83,6 +85,8 @@ class Run:
     """The lr finder's result when the recipe's lr is auto (written to the run folder as lr_find.json/.png)."""
     mix: Any = None
     """The batch transform (torchvision's MixUp/CutMix) that mixes training images and labels, if any."""
+    solver: dict[str, Any] | None = None
+    """``head_solver: lbfgs``: the penalty chosen, the iterations and the candidates tried (for summary.json)."""
 
     progress: Progress = field(default_factory=lambda: Progress())
 
@@ -98,6 +102,8 @@ class Run:
     plugin_state = property(lambda self: self.progress.plugin_state,
                             lambda self, v: setattr(self.progress, "plugin_state", v))
     resumed = property(lambda self: self.progress.resumed, lambda self, v: setattr(self.progress, "resumed", v))
+    final_val_acc = property(lambda self: self.progress.final_val_acc,
+                             lambda self, v: setattr(self.progress, "final_val_acc", v))
 
     @property
     def model(self) -> nn.Module:

@@ -1,0 +1,136 @@
+"""Where the seconds of one ``runner run`` go: a timeline from process start to exit, one fresh process per run.
+
+    RUNNER_DATA_PATH=../shared/data python bench/startup.py                 # recipes/extract.yaml, 3 runs
+    python bench/startup.py recipes/probe.yaml --runs 1 --set epochs=1
+
+Each mark is seconds since the process started (``/proc/self/stat``'s start time), taken by wrapping runner's own
+functions, so the same script times an older checkout (``PYTHONPATH=old_checkout``) as long as those names exist:
+imports done, recipe and plugins loaded, backbone built, first image decoded, build done (dataset preloaded,
+precision decided), features extracted, epochs done, exit. The fixed cost of a run is everything before the
+first image is decoded. Each run starts with an empty feature cache.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _started_ago() -> float:
+    """Seconds between this process's start (``/proc/self/stat``) and now."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+    return float(Path("/proc/uptime").read_text().split()[0]) - start
+
+
+_T0 = time.perf_counter()
+_AGO = _started_ago()
+
+
+def since_start() -> float:
+    """Seconds since this process started (its interpreter's start-up included)."""
+    return _AGO + time.perf_counter() - _T0
+
+
+def timeline(recipe: str, overrides: list[str], output: str) -> dict:
+    marks = {"interpreter": since_start()}
+
+    def mark(name):
+        marks.setdefault(name, since_start())
+
+    def wrap(owner, attr, before=None, after=None):
+        original = getattr(owner, attr)
+
+        def wrapped(*args, **kwargs):
+            if before:
+                mark(before)
+            result = original(*args, **kwargs)
+            if after:
+                mark(after)
+            return result
+
+        setattr(owner, attr, wrapped)
+
+    import importlib
+
+    import runner.cli  # noqa: F401  (what `runner` imports first)
+    import runner.engine as engine
+    import torch  # noqa: F401
+
+    build = importlib.import_module("runner.engine.build")
+    loop = importlib.import_module("runner.engine.loop")
+    imagedata = importlib.import_module("runner.imagedata")
+    session = importlib.import_module("runner.session")
+    mark("imports")
+    wrap(session, "load", after="recipe + plugins loaded")
+    original_make = build.Components.make
+
+    def make(self, kind, *args, **kwargs):
+        made = original_make(self, kind, *args, **kwargs)
+        if kind == "backbone":
+            mark("backbone built")
+        return made
+
+    build.Components.make = make
+    wrap(imagedata, "read_rgb", before="first image decoded")
+    wrap(engine, "build", after="build done")
+    wrap(build, "use_cached_features", after="features extracted")
+    wrap(loop, "_epochs", after="epochs done")
+    from runner.cli import app
+
+    sys.argv = ["runner", "run", recipe, "--set", f"output={output}", *sum([["--set", o] for o in overrides], [])]
+    try:
+        app(prog_name="runner")
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    mark("exit")
+    return marks
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("recipe", nargs="?", default="recipes/extract.yaml")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["RUNNER_CACHE_DIR"] = str(Path(tmp) / "cache")
+            with open(os.devnull, "w") as quiet:
+                stdout, sys.stdout = sys.stdout, quiet
+                try:
+                    marks = timeline(args.recipe, args.overrides, str(Path(tmp) / "runs"))
+                finally:
+                    sys.stdout = stdout
+        print(json.dumps(marks))
+        return
+    env = dict(os.environ)
+    shared = REPO.parent / "shared" / "data"
+    if "RUNNER_DATA_PATH" not in env and shared.is_dir():
+        env["RUNNER_DATA_PATH"] = str(shared)
+    runs = []
+    for _ in range(args.runs):
+        out = subprocess.run([sys.executable, __file__, args.recipe, "--child",
+                              *sum([["--set", o] for o in args.overrides], [])],
+                             env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(out.stderr[-3000:])
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    names = list(runs[0])
+    print(f"{'mark':>26}  " + "  ".join(f"run {i + 1:>2}" for i in range(len(runs))) + "   (s since process start)")
+    for name in names:
+        print(f"{name:>26}  " + "  ".join(f"{r.get(name, float('nan')):6.2f}" for r in runs))
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
