@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, ImageFile
 
@@ -34,8 +35,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def read_rgb(path: str | os.PathLike, decode: bool = True) -> Image.Image | None:
-    """The image at ``path``, fully decoded, as RGB; :class:`BadImage` when it cannot be.
+def read_rgb(path: str | os.PathLike | IO[bytes], decode: bool = True) -> Image.Image | None:
+    """The image at ``path`` (or in a binary file object), fully decoded, as RGB; :class:`BadImage` when it cannot
+    be.
 
     ``decode=False`` checks only what the header tells (an image, not empty, not too large) and returns None:
     cheap enough for sets too large to decode twice; a file corrupt past its header then fails when read.
@@ -57,7 +59,7 @@ def read_rgb(path: str | os.PathLike, decode: bool = True) -> Image.Image | None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImage("too large (decompression-bomb guard)") from None
     except OSError as exc:
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
+        if isinstance(path, (str, os.PathLike)) and os.path.isfile(path) and os.path.getsize(path) == 0:
             raise BadImage("empty file") from None
         text = str(exc).split(" (")[0]
         raise BadImage("truncated or corrupt" if "truncated" in text or "broken" in text else

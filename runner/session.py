@@ -55,19 +55,20 @@ def load_run_folder(folder: str | Path, plugins: Sequence[str] = (), objects: Se
     """A run folder's resolved recipe (relative paths taken from the recipe file it was made from), its catalog
     and its last.pt. Plugin files the recipe names load only when ``plugins`` names them too."""
     from runner import checkpoint
-    from runner.recipes import load as read
 
     state = checkpoint.read_last(folder)
     origin = Path(state.get("recipe_path") or Path(folder) / "recipe.yaml")
-    bare = read(Path(folder) / "recipe.yaml", origin=origin)
     given = {str(Path(p).resolve()) for p in plugins if p.endswith(".py") or Path(p).exists()}
-    files = [ref for ref in bare.plugin_refs() if ref.endswith(".py") or Path(ref).exists()]
-    untrusted = [ref for ref in files if str(Path(ref).resolve()) not in given]
-    if untrusted:
-        flags = " ".join(f"--plugin {ref}" for ref in untrusted)
-        raise RunnerError(f"{folder}: the run used plugin file(s) {', '.join(untrusted)}; resume runs no code from a "
-                          f"run folder unless you name it: add {flags} if you trust it")
-    modules = [ref for ref in bare.plugin_refs() if ref not in files]  # installed modules: the user's own
-    recipe, made = load(Path(folder) / "recipe.yaml", (), [*plugins, *modules], objects, origin=origin, warn=warn,
-                        recipe_plugins=False)
+
+    def trusted_catalog(recipe: Recipe) -> Catalog:
+        files = [ref for ref in recipe.plugin_refs() if ref.endswith(".py") or Path(ref).exists()]
+        untrusted = [ref for ref in files if str(Path(ref).resolve()) not in given]
+        if untrusted:
+            flags = " ".join(f"--plugin {ref}" for ref in untrusted)
+            raise RunnerError(f"{folder}: the run used plugin file(s) {', '.join(untrusted)}; resume runs no code "
+                              f"from a run folder unless you name it: add {flags} if you trust it")
+        modules = [ref for ref in recipe.plugin_refs() if ref not in files]  # installed modules: the user's own
+        return catalog([*plugins, *modules], objects, warn=warn)
+
+    recipe, made = load(Path(folder) / "recipe.yaml", origin=origin, catalog_for=trusted_catalog)
     return recipe, made, state
