@@ -6,11 +6,15 @@ import importlib
 import re
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from runner.api import (Backbone, Component, Params, Preprocess, RunnerError, did_you_mean, hookimpl, load_state_dict,
                         load_strict)
+
+if TYPE_CHECKING:  # torch, torchvision and timm are imported when a backbone is built, not to list the catalog
+    import torch
 
 
 # -- torchvision -------------------------------------------------------------------------------------------------
@@ -49,6 +53,8 @@ def build_torchvision(params: TorchvisionParams) -> Backbone:
         choices = ["DEFAULT", "none", *enum.__members__]
         raise RunnerError(f"torchvision {params.model} has no weights '{params.weights}'; choose from "
                           f"{', '.join(choices)} or give a file path") from None
+    import torch
+
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:
         model = models.get_model(params.model, weights=weights)

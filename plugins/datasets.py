@@ -21,8 +21,6 @@ class ImageFolderParams(ImageFileParams):
 
 
 def _split(root: Path, name: str, transform) -> ImageFolder:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
     folder = root / name
     if not folder.is_dir():
         raise RunnerError(f"dataset split folder {folder} does not exist; expected {root}/{name}/<class>/<image>")
@@ -31,6 +29,8 @@ def _split(root: Path, name: str, transform) -> ImageFolder:
     except FileNotFoundError as exc:
         raise RunnerError(f"dataset split {folder}: {exc}; expected one folder per class holding images") from None
     if not split.samples:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
         raise RunnerError(f"dataset split {folder} has no images ({', '.join(IMG_EXTENSIONS)}); expected "
                           f"{folder}/<class>/<image>")
     return split

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from torch.utils.data import Dataset
 
 from runner.api import (Component, Data, ImageFileParams, ImageFolder, Preprocess, RunnerError, did_you_mean,
                         finish_image_files, find_root, hookimpl, image_transforms, read_rgb, search_path)
@@ -53,7 +52,7 @@ class FolderParams(ImageFileParams):
     seed: int = Field(0, description="seed of the split: the same seed gives the same split")
 
 
-class LabelledImages(Dataset):
+class LabelledImages:
     """Listed (path, class index) images read as RGB and transformed: ImageFolder's attributes without its layout,
     so the bad-image check, preloading, the feature cache and ``runner evaluate`` work on it unchanged."""
 

@@ -8,12 +8,16 @@ freeze policy survive the schedule (the bug of timm PR #2532).
 """
 from __future__ import annotations
 
+import ast
+import functools
+import importlib
+import importlib.util
 import inspect
 import types
 import typing
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import torch
 from pydantic import Field, create_model
 
 from runner.api import Component, Params, Schedule, hookimpl
@@ -60,11 +64,14 @@ def split_no_decay(groups: list[dict]) -> list[dict]:
     return out
 
 
-def optimizer_builder(cls):
+def optimizer_builder(name: str):
+    """A builder of ``torch.optim.<name>``: torch is imported when a run builds it, not to list the catalog."""
     def build(params: OptimizerParams, param_groups: list[dict]):
+        import torch
+
         kwargs = params.model_dump(exclude={"no_decay_norm_bias"}, exclude_none=True)
         groups = split_no_decay(param_groups) if params.no_decay_norm_bias else param_groups
-        return cls(groups, **kwargs)
+        return getattr(torch.optim, name)(groups, **kwargs)
     return build
 
 
@@ -72,7 +79,7 @@ def optimizer_builder(cls):
 
 def _plain(annotation: Any) -> Any:
     """A pydantic-friendly version of a torch annotation: Tensor -> float, unions simplified, else Any."""
-    if annotation is torch.Tensor:
+    if getattr(annotation, "__module__", None) == "torch" and getattr(annotation, "__name__", None) == "Tensor":
         return float
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
@@ -107,16 +114,32 @@ def signature_params(cls, base: type[Params], skip: tuple[str, ...], optional: t
     return create_model(f"{cls.__name__}Params", __base__=base, **fields)
 
 
-def _subclasses(module, base, exclude) -> list[type]:
-    return [obj for name, obj in vars(module).items() if isinstance(obj, type) and issubclass(obj, base)
-            and obj is not base and not name.startswith("_") and name not in exclude]
+def public_classes(module: str, exclude: set[str]) -> list[str]:
+    """The class names in ``module.__all__``, read from its source so that listing them imports nothing (torch
+    takes seconds to import); imported where the source does not spell ``__all__`` out."""
+    top, *rest = module.split(".")
+    try:
+        base = Path(importlib.util.find_spec(top).submodule_search_locations[0]).joinpath(*rest)
+        source = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        names = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                     and any(getattr(target, "id", None) == "__all__" for target in node.targets))
+    except (AttributeError, TypeError, IndexError, OSError, SyntaxError, ValueError, StopIteration):
+        names = list(getattr(importlib.import_module(module), "__all__", []))
+    return [name for name in names if name[:1].isupper() and name not in exclude]
+
+
+def lazy_signature_params(module: str, name: str, base: type[Params], skip: tuple[str, ...],
+                          optional: tuple[str, ...] = ()):
+    """The params function of a component whose model comes from ``module.name``'s signature: built on first use."""
+    return lambda: signature_params(getattr(importlib.import_module(module), name), base, skip, optional)
 
 
 def torch_optimizers() -> list[Component]:
-    exclude = {"LBFGS", "SparseAdam"}  # need a closure / sparse gradients: not for this loop
-    return [Component(cls.__name__, f"torch.optim.{cls.__name__} (arguments from its signature)",
-                      optimizer_builder(cls), signature_params(cls, OptimizerParams, ("params",)))
-            for cls in _subclasses(torch.optim, torch.optim.Optimizer, exclude)]
+    exclude = {"Optimizer", "LBFGS", "SparseAdam"}  # LBFGS, SparseAdam: a closure / sparse gradients, not this loop
+    return [Component(name, f"torch.optim.{name} (arguments from its signature)", optimizer_builder(name),
+                      lazy_signature_params("torch.optim", name, OptimizerParams, ("params",)))
+            for name in public_classes("torch.optim", exclude)]
 
 
 # -- schedulers ---------------------------------------------------------------------------------------------------
@@ -127,52 +150,60 @@ class SchedulerParams(Params):
     warmup_unit: Literal["epochs", "steps"] = Field("epochs", description="unit of warmup")
 
 
-class Warmup(torch.optim.lr_scheduler.LRScheduler):
-    """Linear warmup over ``warmup_steps`` optimizer steps, then ``main`` stepped per step or per epoch.
+@functools.cache
+def warmup_class() -> type:
+    """The Warmup scheduler class, defined on first use: it subclasses torch's, and torch is imported only by a
+    run that builds a schedule."""
+    import torch
 
-    Each group ramps to its own base lr, so per-group (layer-wise) lrs are kept; the main schedule starts after
-    the warmup. Stepped once per optimizer step.
-    """
+    class Warmup(torch.optim.lr_scheduler.LRScheduler):
+        """Linear warmup over ``warmup_steps`` optimizer steps, then ``main`` stepped per step or per epoch.
 
-    def __init__(self, optimizer, main, main_interval: str, warmup_steps: int, steps_per_epoch: int):
-        self.main, self.main_interval = main, main_interval
-        self.warmup_steps, self.steps_per_epoch = warmup_steps, steps_per_epoch
-        self.targets = [group["lr"] for group in optimizer.param_groups]
-        super().__init__(optimizer)
+        Each group ramps to its own base lr, so per-group (layer-wise) lrs are kept; the main schedule starts after
+        the warmup. Stepped once per optimizer step.
+        """
 
-    def get_lr(self):
-        n = self.last_epoch
-        if n < self.warmup_steps:
-            return [lr * (n + 1) / (self.warmup_steps + 1) for lr in self.targets]
-        if n == self.warmup_steps:
-            return list(self.targets)
-        return [group["lr"] for group in self.optimizer.param_groups]
+        def __init__(self, optimizer, main, main_interval: str, warmup_steps: int, steps_per_epoch: int):
+            self.main, self.main_interval = main, main_interval
+            self.warmup_steps, self.steps_per_epoch = warmup_steps, steps_per_epoch
+            self.targets = [group["lr"] for group in optimizer.param_groups]
+            super().__init__(optimizer)
 
-    def step(self, epoch=None):
-        super().step()
-        after = self.last_epoch - self.warmup_steps
-        if self.main is not None and after > 0 and (
-                self.main_interval == "step" or after % self.steps_per_epoch == 0):
-            self.main.step()
+        def get_lr(self):
+            n = self.last_epoch
+            if n < self.warmup_steps:
+                return [lr * (n + 1) / (self.warmup_steps + 1) for lr in self.targets]
+            if n == self.warmup_steps:
+                return list(self.targets)
+            return [group["lr"] for group in self.optimizer.param_groups]
 
-    def state_dict(self):
-        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "main")}
-        state["main"] = self.main.state_dict() if self.main is not None else None
-        return state
+        def step(self, epoch=None):
+            super().step()
+            after = self.last_epoch - self.warmup_steps
+            if self.main is not None and after > 0 and (
+                    self.main_interval == "step" or after % self.steps_per_epoch == 0):
+                self.main.step()
 
-    def load_state_dict(self, state_dict):
-        state = dict(state_dict)
-        main = state.pop("main")
-        self.__dict__.update(state)
-        if self.main is not None and main is not None:
-            self.main.load_state_dict(main)
+        def state_dict(self):
+            state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "main")}
+            state["main"] = self.main.state_dict() if self.main is not None else None
+            return state
+
+        def load_state_dict(self, state_dict):
+            state = dict(state_dict)
+            main = state.pop("main")
+            self.__dict__.update(state)
+            if self.main is not None and main is not None:
+                self.main.load_state_dict(main)
+
+    return Warmup
 
 
 def with_warmup(params: SchedulerParams, optimizer, schedule: Schedule, steps_per_epoch: int) -> Schedule:
     if not params.warmup:
         return schedule
     steps = params.warmup * (steps_per_epoch if params.warmup_unit == "epochs" else 1)
-    return Schedule(Warmup(optimizer, schedule.scheduler, schedule.interval, steps, steps_per_epoch), "step")
+    return Schedule(warmup_class()(optimizer, schedule.scheduler, schedule.interval, steps, steps_per_epoch), "step")
 
 
 class StepParams(SchedulerParams):
@@ -191,7 +222,7 @@ class OneCycleParams(SchedulerParams):
 
 
 def build_step(params: StepParams, optimizer, epochs: int, steps_per_epoch: int) -> Schedule:
-    main = Schedule(torch.optim.lr_scheduler.StepLR(optimizer, params.step_size, params.gamma), "epoch")
+    main = Schedule(lr_scheduler().StepLR(optimizer, params.step_size, params.gamma), "epoch")
     return with_warmup(params, optimizer, main, steps_per_epoch)
 
 
@@ -202,13 +233,13 @@ def _after_warmup(params: SchedulerParams, epochs: int, steps_per_epoch: int) ->
 
 def build_cosine(params: CosineParams, optimizer, epochs: int, steps_per_epoch: int) -> Schedule:
     total = _after_warmup(params, epochs, steps_per_epoch)
-    main = Schedule(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, params.eta_min), "step")
+    main = Schedule(lr_scheduler().CosineAnnealingLR(optimizer, total, params.eta_min), "step")
     return with_warmup(params, optimizer, main, steps_per_epoch)
 
 
 def build_onecycle(params: OneCycleParams, optimizer, epochs: int, steps_per_epoch: int) -> Schedule:
     max_lr = [group["lr"] for group in optimizer.param_groups]  # each group peaks at its own lr
-    main = Schedule(torch.optim.lr_scheduler.OneCycleLR(
+    main = Schedule(lr_scheduler().OneCycleLR(
         optimizer, max_lr, total_steps=_after_warmup(params, epochs, steps_per_epoch), pct_start=params.pct_start,
         div_factor=params.div_factor, final_div_factor=params.final_div_factor), "step")
     return with_warmup(params, optimizer, main, steps_per_epoch)
@@ -221,34 +252,39 @@ def build_none(params: SchedulerParams, optimizer, epochs: int, steps_per_epoch:
 PER_STEP = {"OneCycleLR", "CyclicLR"}
 
 
-def torch_scheduler_builder(cls):
+def lr_scheduler():
+    """``torch.optim.lr_scheduler``, imported when a schedule is built."""
+    return importlib.import_module("torch.optim.lr_scheduler")
+
+
+def torch_scheduler_builder(name: str):
     def build(params: SchedulerParams, optimizer, epochs: int, steps_per_epoch: int) -> Schedule:
+        cls = getattr(lr_scheduler(), name)
         kwargs = params.model_dump(exclude={"warmup", "warmup_unit"}, exclude_none=True)
-        if cls is torch.optim.lr_scheduler.OneCycleLR:
+        if name == "OneCycleLR":
             kwargs.setdefault("max_lr", [group["lr"] for group in optimizer.param_groups])
             if "epochs" not in kwargs:
                 kwargs.setdefault("total_steps", _after_warmup(params, epochs, steps_per_epoch))
-        main = Schedule(cls(optimizer, **kwargs), "step" if cls.__name__ in PER_STEP else "epoch")
+        main = Schedule(cls(optimizer, **kwargs), "step" if name in PER_STEP else "epoch")
         return with_warmup(params, optimizer, main, steps_per_epoch)
     return build
 
 
 def torch_schedulers() -> list[Component]:
-    exclude = {"LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler", "ReduceLROnPlateau", "Warmup"}
-    return [Component(cls.__name__, f"torch's {cls.__name__}, per "
-                                    f"{'step' if cls.__name__ in PER_STEP else 'epoch'} (arguments from its signature)",
-                      torch_scheduler_builder(cls),
-                      signature_params(cls, SchedulerParams, ("optimizer", "last_epoch", "verbose"),
-                                       optional=("max_lr",)))
-            for cls in _subclasses(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler, exclude)]
+    exclude = {"LRScheduler", "LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler", "ReduceLROnPlateau"}
+    return [Component(name, f"torch's {name}, per {'step' if name in PER_STEP else 'epoch'} (arguments from its "
+                            "signature)", torch_scheduler_builder(name),
+                      lazy_signature_params("torch.optim.lr_scheduler", name, SchedulerParams,
+                                            ("optimizer", "last_epoch", "verbose"), optional=("max_lr",)))
+            for name in public_classes("torch.optim.lr_scheduler", exclude)]
 
 
 @hookimpl
 def runner_optimizers():
     return [
-        Component("sgd", "stochastic gradient descent with momentum", optimizer_builder(torch.optim.SGD), SGDParams),
-        Component("adam", "Adam", optimizer_builder(torch.optim.Adam), AdamParams),
-        Component("adamw", "Adam with decoupled weight decay", optimizer_builder(torch.optim.AdamW), AdamWParams),
+        Component("sgd", "stochastic gradient descent with momentum", optimizer_builder("SGD"), SGDParams),
+        Component("adam", "Adam", optimizer_builder("Adam"), AdamParams),
+        Component("adamw", "Adam with decoupled weight decay", optimizer_builder("AdamW"), AdamWParams),
         *torch_optimizers(),
     ]
 

@@ -22,14 +22,16 @@ import zlib
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import Field, field_validator
-from torchvision import datasets, transforms
-from torchvision.datasets.vision import VisionDataset
 
 from runner.api import (Component, Data, LoaderParams, Preprocess, RunnerError, data_cache, did_you_mean, find_root,
                         hookimpl, resolve_workers)
+
+if TYPE_CHECKING:  # numpy, torch and torchvision are imported when the dataset is built, not to list it
+    from torchvision import transforms
+    from torchvision.datasets.vision import VisionDataset
 
 # Where a Debian package puts a dataset, and which package: named in the error when its files are missing.
 DEBIAN = {"FashionMNIST": ("dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist")}
@@ -38,6 +40,9 @@ DEBIAN = {"FashionMNIST": ("dataset-fashion-mnist", "/usr/share/datasets/fashion
 @functools.cache
 def dataset_classes() -> dict[str, type]:
     """torchvision's dataset classes by name (every public ``VisionDataset`` subclass)."""
+    from torchvision import datasets
+    from torchvision.datasets.vision import VisionDataset
+
     return {name: obj for name, obj in vars(datasets).items()
             if isinstance(obj, type) and issubclass(obj, VisionDataset) and obj is not VisionDataset
             and not name.startswith("_")}
@@ -84,6 +89,8 @@ class ToRGB:
 
 def split_transforms(pre: Preprocess, augment: str) -> tuple[transforms.Compose, transforms.Compose]:
     """Train and val transforms: RGB first, then the backbone's (or image_size's) preprocessing."""
+    from torchvision import transforms
+
     val = transforms.Compose([ToRGB(), *pre.eval_transform().transforms])
     if augment == "none":
         return val, val
@@ -100,6 +107,8 @@ def split_transforms(pre: Preprocess, augment: str) -> tuple[transforms.Compose,
 
 def mnist_layout(cls: type) -> bool:
     """Whether ``cls`` reads MNIST's four idx files from ``<root>/<Name>/raw`` (MNIST, FashionMNIST, KMNIST)."""
+    from torchvision import datasets
+
     return (issubclass(cls, datasets.MNIST) and isinstance(getattr(cls, "resources", None), list)
             and cls._load_data is datasets.MNIST._load_data)
 
@@ -200,7 +209,7 @@ def content_folder(base: VisionDataset) -> Path:
     return root
 
 
-class TorchvisionSplit(torch.utils.data.Dataset):
+class TorchvisionSplit:
     """One split of a torchvision dataset, optionally a subset, yielding ``(tensor, int)``.
 
     ``fingerprint`` (computed on first use) names its content and transform so extracted features cache on disk.
@@ -223,6 +232,8 @@ class TorchvisionSplit(torch.utils.data.Dataset):
 
     @functools.cached_property
     def fingerprint(self) -> str:
+        import numpy as np
+
         folder = content_folder(self.base)
         subset = "all" if self.indices is None else \
             hashlib.sha256(np.asarray(self.indices, dtype=np.int64).tobytes()).hexdigest()[:16]
@@ -238,6 +249,8 @@ def stratified_subset(targets: list[int], count: int | None, seed: int) -> list[
     None when ``count`` is unset or covers the whole split."""
     if count is None or count >= len(targets):
         return None
+    import numpy as np
+
     labels = np.asarray(targets, dtype=np.int64)
     rng = np.random.default_rng(seed)
     classes, sizes = np.unique(labels, return_counts=True)

@@ -7,14 +7,17 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
+from typing import TYPE_CHECKING
+
 from pydantic import Field
-from torchvision import datasets, transforms
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from runner.types import Data, Params, Preprocess
 from runner.errors import RunnerError
-from runner.images import BadImage, read_rgb, walk_files
+from runner.images import IMAGE_EXTENSIONS, BadImage, read_rgb, walk_files
+
+if TYPE_CHECKING:  # torchvision is imported when a dataset is built, not to read its parameters
+    from PIL import Image
+    from torchvision import transforms
 
 
 class LoaderParams(Params):
@@ -53,6 +56,8 @@ def resolve_workers(workers: int | str) -> int:
 
 def image_transforms(pre: Preprocess, augment: str) -> tuple[transforms.Compose, transforms.Compose]:
     """Train and val transforms from the backbone's preprocessing: nothing here is hard-coded per model."""
+    from torchvision import transforms
+
     interp = transforms.InterpolationMode(pre.interpolation)
     tail = [transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)]
     val = pre.eval_transform()
@@ -79,6 +84,8 @@ class MemoryLoader:
         if image is None:
             image = read_rgb(path)
             if min(image.size) > self.shorter:
+                from torchvision import transforms
+
                 mode = transforms.InterpolationMode(self.interpolation)
                 image = transforms.functional.resize(image, self.shorter, interpolation=mode)
             self.images[path] = image
@@ -88,22 +95,31 @@ class MemoryLoader:
         return f"MemoryLoader(shorter={self.shorter}, interpolation={self.interpolation})"
 
 
-class ImageFolder(datasets.ImageFolder):
-    """torchvision's ImageFolder, made robust: hidden folders are no classes, hidden files no images, symlink
-    loops are walked once, and every image is read as RGB whatever its mode."""
+class ImageFolder:
+    """torchvision's ImageFolder (its attributes: root, classes, class_to_idx, samples, imgs, targets, transform,
+    loader), made robust: hidden folders are no classes, hidden files no images, symlink loops are walked once,
+    and every image is read as RGB whatever its mode. A FileNotFoundError when ``root`` has no class folder."""
 
     def __init__(self, root: str, transform=None, loader=read_rgb):
-        super().__init__(root, transform=transform, loader=loader, allow_empty=True)
+        self.root, self.transform, self.loader = str(root), transform, loader
+        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        if not self.classes:
+            raise FileNotFoundError(f"no class folders in {root}")
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.samples = self.imgs = [(str(path), index) for index, name in enumerate(self.classes)
+                                    for path in walk_files(Path(root) / name, IMAGE_EXTENSIONS)]
+        self.targets = [label for _, label in self.samples]
 
-    def find_classes(self, directory):
-        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
-        if not classes:
-            raise FileNotFoundError(f"no class folders in {directory}")
-        return classes, {name: i for i, name in enumerate(classes)}
+    def __len__(self) -> int:
+        return len(self.samples)
 
-    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        return [(str(path), index) for name, index in sorted(class_to_idx.items())
-                for path in walk_files(Path(directory) / name, IMG_EXTENSIONS)]
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        image = self.loader(path)
+        return (self.transform(image) if self.transform is not None else image), target
+
+    def __repr__(self) -> str:
+        return f"ImageFolder({self.root}, {len(self.samples)} images, {len(self.classes)} classes)"
 
 
 def drop_bad_images(split: ImageFolder, policy: str) -> list[tuple[str, str]]:

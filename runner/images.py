@@ -68,6 +68,10 @@ def read_rgb(path: str | os.PathLike | IO[bytes], decode: bool = True) -> Image.
         raise BadImage(f"corrupt ({exc})") from None
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""File name endings read as images (torchvision's IMG_EXTENSIONS, without importing torchvision)."""
+
+
 def walk_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
     """Image files under ``folder`` (links followed), hidden files and folders skipped, each real folder once."""
     found, seen = [], set()

@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+from torchvision.datasets.folder import default_loader
 
 from runner.types import Preprocess
 from runner.errors import RunnerError, did_you_mean
+from runner.images import IMAGE_EXTENSIONS
 from runner.hardware import resolve_device, resolve_precision
 from runner.weights import load_strict
 
@@ -84,13 +85,13 @@ def image_files(paths: list[str]) -> list[Path]:
     for ref in paths:
         path = Path(ref)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         elif path.is_file():
             found.append(path)
         else:
             raise RunnerError(f"{ref}: no such file or folder")
     if not found:
-        raise RunnerError(f"no images in {', '.join(paths)} (looked for {', '.join(IMG_EXTENSIONS)})")
+        raise RunnerError(f"no images in {', '.join(paths)} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return found
 
 

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 
@@ -91,6 +90,8 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save_torch(obj: Any, path: Path) -> None:
+    import torch
+
     atomic_write(path, lambda f: torch.save(obj, f))
 
 

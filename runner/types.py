@@ -6,19 +6,11 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
+from runner.kinds import HOOK_OF_KIND, KINDS  # noqa: F401 (part of this module's names)
+
 if TYPE_CHECKING:  # torch is imported where a component is built, not to read the catalog
     from torch import nn
 
-KINDS = ("dataset", "backbone", "freeze", "optimizer", "scheduler")
-"""Component kinds, in the order a recipe is built; each has a ``runner_<plural>`` hook."""
-
-HOOK_OF_KIND = {
-    "dataset": "runner_datasets",
-    "backbone": "runner_backbones",
-    "freeze": "runner_freeze_policies",
-    "optimizer": "runner_optimizers",
-    "scheduler": "runner_schedulers",
-}
 
 
 def _admits_bool(annotation) -> bool:
@@ -66,8 +58,20 @@ class Component:
     summary: str
     build: Callable[..., Any]
     params: type[Params] = Params
+    """The parameter model; or a function of no arguments that returns it, called on first use, for a model
+    derived from a heavy library (torch's optimizer signatures) so that listing the catalog does not import it."""
     classes: Callable[..., list[str]] | None = None
     """Datasets only, optional: ``classes(params, base_dir)`` names the classes without reading images."""
+
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        if name == "params" and not isinstance(value, type):
+            value = value()
+            if not (isinstance(value, type) and issubclass(value, BaseModel)):
+                raise TypeError(f"component {object.__getattribute__(self, 'name')!r}: its params function returned "
+                                f"{value!r}, not a Params model")
+            object.__setattr__(self, "params", value)
+        return value
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from runner.errors import RunnerError
+
+if TYPE_CHECKING:  # imported by the functions: a plugin that imports these names is listed without torch
+    import torch
 
 
 def load_state_dict(path: str | Path) -> dict:
@@ -13,6 +15,8 @@ def load_state_dict(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise RunnerError(f"weights file {path} does not exist")
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean the same to a user

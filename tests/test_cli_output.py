@@ -217,14 +217,46 @@ def test_flags_show_no_metavar_and_completion_is_offered():
         assert "<bool>" not in out, (command, out)
 
 
-def test_help_imports_no_torch():
+def _imported(args: list[str]) -> set[str]:
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_help_imports_no_torch_nor_pydantic():
     for args in (["--help"], ["validate", "--help"], ["predict", "--help"]):
-        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr[-2000:]
-        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
-                    if line.startswith("import time:")}
-        assert not imported & {"torch", "torchvision", "timm", "matplotlib"}, args
+        assert not _imported(args) & {"torch", "torchvision", "timm", "matplotlib", "numpy"}, args
+    assert "pydantic" not in _imported(["--help"])
+
+
+@pytest.mark.parametrize("args", [["list"], ["plugins"], ["show", "optimizer", "sgd"], ["show", "scheduler", "step"],
+                                  ["validate", "recipes/extract.yaml"], ["show", "settings"]])
+def test_reading_the_catalog_imports_no_torch(args):
+    """Component names, summaries and parameter models come without torch, torchvision or timm (start-up budget)."""
+    assert not _imported(args) & {"torch", "torchvision", "timm", "matplotlib", "numpy"}, args
+
+
+def test_parameters_from_a_torch_signature_are_built_on_first_use():
+    from runner.session import catalog
+
+    entry = catalog().entry("optimizer", "RAdam")
+    assert "decoupled_weight_decay" in entry.component.params.model_fields  # torch.optim.RAdam's own argument
+    assert entry.component.params is entry.component.params  # built once
+
+
+def test_help_into_a_pipe_is_plain_text_with_whole_sentences():
+    done = subprocess.run([sys.executable, "-m", "runner", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0 and not set(done.stdout) & set("╭│╰─")
+    commands = done.stdout.split("Commands:")[1]
+    assert "..." not in commands and all(len(line) <= 80 for line in done.stdout.splitlines())
+    serve = subprocess.run([sys.executable, "-m", "runner", "serve", "--help"], cwd=REPO, capture_output=True,
+                           text=True, timeout=60).stdout
+    assert "runner-transfer[serve]" in serve.replace("\n  ", "")
+    run = subprocess.run([sys.executable, "-m", "runner", "run", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "--set KEY=VALUE" in run and "--seeds N" in run and "<list[str]>" not in run and "<int" not in run
 
 
 @pytest.mark.parametrize("option, shown", [(["--debug"], "runner --debug validate ..."),

@@ -25,17 +25,50 @@ GLOBAL_OPTIONS = {"--debug": False, "--plugin": True, "--version": False}
 """The options that go before the command, and whether each takes a value."""
 
 
+TYPE_METAVARS = {"int": "N", "float": "NUMBER"}
+
+
 def _no_flag_metavar(params: list) -> list:
-    """Options that take no value show no ``<bool>`` in help."""
+    """Option metavars as a person writes them: none for an option that takes no value (no ``<bool>``), N or NUMBER
+    for numbers, TEXT otherwise (never typer's ``<list[str]>``)."""
     for param in params:
-        if getattr(param, "is_flag", False) and param.metavar is None:
+        if param.metavar is not None or param.param_type_name != "option":
+            continue
+        if getattr(param, "is_flag", False):
             param.metavar = ""
+        else:
+            annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+            param.metavar = TYPE_METAVARS.get(getattr(annotation, "__name__", ""), "TEXT")
     return params
+
+
+def _plain_help() -> bool:
+    """Help into a pipe or a file is click's plain text: no box drawing, and no rich help renderer to import."""
+    return not console.is_terminal
+
+
+def _format_plain_help(click_help, command, ctx, formatter) -> None:
+    """click's own help of ``command``, its text without rich's markup escapes (``runner-transfer\\[serve]``)."""
+    text = command.help
+    command.help = text.replace("\\[", "[") if text else text
+    try:
+        click_help(ctx, formatter)
+    finally:
+        command.help = text
 
 
 class RunnerCommand(TyperCommand):
     def get_params(self, ctx):
         return _no_flag_metavar(super().get_params(ctx))
+
+    def format_help(self, ctx, formatter):
+        if _plain_help():
+            return _format_plain_help(super(TyperCommand, self).format_help, self, ctx, formatter)
+        return super().format_help(ctx, formatter)
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        """The whole first sentence in ``runner --help`` (wrapped there), never one cut with '...'."""
+        return super().get_short_help_str(limit=1000)
 
 
 class RunnerGroup(TyperGroup):
@@ -44,6 +77,11 @@ class RunnerGroup(TyperGroup):
 
     def get_params(self, ctx):
         return _no_flag_metavar(super().get_params(ctx))
+
+    def format_help(self, ctx, formatter):
+        if _plain_help():
+            return _format_plain_help(super(TyperGroup, self).format_help, self, ctx, formatter)
+        return super().format_help(ctx, formatter)
 
     def invoke(self, ctx):
         _misplaced_global_option(self, ctx, [*ctx._protected_args, *ctx.args])

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from runner.cli import KEEP, WORDS, WRAP, Rows, app, catalog_with_plugins, console, handled, print_json, print_rows
 from runner.errors import RunnerError
-from runner.types import KINDS
+from runner.kinds import KINDS
 
 KIND_ALIASES = {"datasets": "dataset", "backbones": "backbone", "freeze_policies": "freeze", "freeze_policy": "freeze",
                 "freeze-policy": "freeze", "freezes": "freeze", "optimizers": "optimizer", "optim": "optimizer",
@@ -279,8 +279,8 @@ def plugins(strict: Annotated[bool, typer.Option("--strict", help="a plugin that
 
 @app.command("new-plugin")
 def new_plugin(name: Annotated[str, typer.Argument(help="package name, e.g. runner-mybackbone")],
-               kind: Annotated[str, typer.Option(help="backbone, dataset, freeze, optimizer, scheduler or hooks")] = "backbone",
-               into: Annotated[str, typer.Option(help="folder to create the package in")] = "."):
+               kind: Annotated[str, typer.Option(metavar="KIND", help="backbone, dataset, freeze, optimizer, scheduler or hooks")] = "backbone",
+               into: Annotated[str, typer.Option(metavar="FOLDER", help="folder to create the package in")] = "."):
     """Write a pip-installable plugin package: pyproject with the entry point, one component, one test."""
     from runner.scaffold import new_plugin as scaffold
     with handled():

@@ -40,7 +40,7 @@ def predict(model: Annotated[str, typer.Argument(help="run folder or checkpoint 
                                                                  "as lines with an error)")] = False,
             as_csv: Annotated[bool, typer.Option("--csv", help="CSV instead of a table")] = False,
             batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 32,
-            tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None,
+            tta: Annotated[Optional[str], typer.Option(metavar="MODE", help=TTA_HELP)] = None,
             latest: Annotated[bool, typer.Option("--latest", help="of several run folders given (runs/extract-*/), "
                                                                   "use the newest")] = False):
     """Classify images with a trained model, through the checkpoint's own preprocessing."""
@@ -89,10 +89,10 @@ def predict(model: Annotated[str, typer.Argument(help="run folder or checkpoint 
 
 @app.command()
 def evaluate(run_folder: Annotated[str, typer.Argument(help="run folder (or checkpoint file)")],
-             split: Annotated[str, typer.Option(help="split of the recipe's dataset: val or train")] = "val",
-             data: Annotated[Optional[str], typer.Option(help="a folder of class folders to evaluate instead")] = None,
+             split: Annotated[str, typer.Option(metavar="SPLIT", help="split of the recipe's dataset: val or train")] = "val",
+             data: Annotated[Optional[str], typer.Option(metavar="FOLDER", help="a folder of class folders to evaluate instead")] = None,
              as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
-             tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None):
+             tta: Annotated[Optional[str], typer.Option(metavar="MODE", help=TTA_HELP)] = None):
     """Accuracy, per-class precision/recall/F1, confusion matrix (table and confusion.png), worst mistakes."""
     from runner import inference, workflow
     with handled():
@@ -139,11 +139,11 @@ def _print_scores(result: dict, folder) -> None:
 
 @app.command("export")
 def export_(run_folder: Annotated[str, typer.Argument(help="run folder (or checkpoint file)")],
-            format: Annotated[str, typer.Option("--format", help="export (a torch.export program, .pt2), onnx, or "
+            format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="export (a torch.export program, .pt2), onnx, or "
                                                                  "torchscript (deprecated by torch)")] = "export",
-            images: Annotated[Optional[str], typer.Option(help="folder of images for the check batch "
+            images: Annotated[Optional[str], typer.Option(metavar="FOLDER", help="folder of images for the check batch "
                                                                 "(default: the recipe's val split)")] = None,
-            out: Annotated[Optional[str], typer.Option(help="output file (default: in the run folder)")] = None):
+            out: Annotated[Optional[str], typer.Option(metavar="FILE", help="output file (default: in the run folder)")] = None):
     """Write the model with its preprocessing metadata; check its outputs against eager PyTorch on real images."""
     from runner import inference, workflow
     with handled():

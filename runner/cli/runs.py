@@ -74,7 +74,7 @@ def runs(folder: Annotated[str, typer.Argument(help="runs folder (or one run or 
 
 @app.command()
 def compare(folders: Annotated[list[str], typer.Argument(help="run folders (two or more), or one sweep folder")],
-            out: Annotated[Optional[str], typer.Option("--out", help="folder (or .png file) for compare.png "
+            out: Annotated[Optional[str], typer.Option("--out", metavar="PATH", help="folder (or .png file) for compare.png "
                                                                      "(default: the current folder)")] = None,
             as_json: Annotated[bool, typer.Option("--json", help="print the comparison as JSON")] = False):
     """Runs side by side: the resolved recipe keys that differ, best and final metrics, and compare.png with

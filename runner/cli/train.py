@@ -14,13 +14,13 @@ from runner.errors import RunnerError
 
 @app.command()
 def run(recipe: Annotated[Optional[str], typer.Argument(help="recipe file or packaged recipe name (e.g. extract)")] = None,
-        set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value); repeatable")] = [],
-        resume: Annotated[Optional[str], typer.Option("--resume", help="run folder to continue from its last.pt")] = None,
+        set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="override, key.path=value (YAML value); repeatable")] = [],
+        resume: Annotated[Optional[str], typer.Option("--resume", metavar="FOLDER", help="run folder to continue from its last.pt")] = None,
         nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes to train in, launched with torchrun "
                                                                   "(data-parallel; gloo on CPU, nccl on GPU)")] = 1,
-        nnodes: Annotated[Optional[str], typer.Option(help="torchrun --nnodes (several machines)")] = None,
+        nnodes: Annotated[Optional[str], typer.Option(metavar="N|MIN:MAX", help="torchrun --nnodes (several machines)")] = None,
         node_rank: Annotated[Optional[int], typer.Option(help="torchrun --node-rank")] = None,
-        master_addr: Annotated[Optional[str], typer.Option(help="torchrun --master-addr")] = None,
+        master_addr: Annotated[Optional[str], typer.Option(metavar="HOST", help="torchrun --master-addr")] = None,
         master_port: Annotated[Optional[int], typer.Option(help="torchrun --master-port")] = None,
         seeds: Annotated[Optional[int], typer.Option("--seeds", min=1, help="run the recipe with seeds 0..N-1 and "
                                                      "report mean ± std of best and final val accuracy (seeds.json)")] = None):
@@ -126,7 +126,7 @@ def _train_seeds(recipe: str, overrides: list[str], count: int) -> None:
 
 @app.command("lr-find")
 def lr_find(recipe: Annotated[str, typer.Argument(help="recipe file or packaged recipe name")],
-            set_: Annotated[list[str], typer.Option("--set", help="override, key.path=value (YAML value)")] = []):
+            set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="override, key.path=value (YAML value)")] = []):
     """The lr range test: train briefly with an exponentially growing lr; table, suggestion and a PNG."""
     from runner import engine, lr_finder
     from runner.runfolder import save_json
