@@ -8,6 +8,7 @@
     python bench/compare.py --methods extract --scale 1,2,4   # and how the extract recipe grows with the set
     python bench/compare.py --device cuda        # the same on a GPU (the tutorial loop takes cuda:0 by itself)
     python bench/compare.py --quick              # seconds: 1 epoch on a small generated set (CI smoke)
+    python bench/compare.py --seeds 3            # each recipe with seeds 0, 1, 2: accuracy as mean ± std
 
 Prints the CPU it ran on (model, cores, avx2 / avx512_bf16 / amx flags; the GPU with --device cuda), then a table
 (wall s, images/s, best val acc, the precision each run chose, peak memory, time as a fraction of the reference's)
@@ -102,6 +103,28 @@ def ours(recipe: str, data: Path, epochs: int | None, overrides: list[str], devi
             "precision": summary["precision"]}
 
 
+def over_seeds(runs: list[dict]) -> dict:
+    """One row for a recipe run with seeds 0..N-1: mean wall time and peak memory, best and final val accuracy as
+    mean and sample standard deviation (so a one-image difference is read against the seed-to-seed spread)."""
+    import statistics
+
+    if len(runs) == 1:
+        return runs[0]
+    row = dict(runs[0])
+
+    def spread(key):
+        values = [r[key] for r in runs]
+        return statistics.mean(values), statistics.stdev(values)
+
+    row["best_val_acc"], row["best_std"] = spread("best_val_acc")
+    row["final_mean"], row["final_std"] = spread("final_val_acc")
+    row["wall_s"] = statistics.mean(r["wall_s"] for r in runs)
+    row["wall_s_each"] = [round(r["wall_s"], 1) for r in runs]
+    row["peak_mib"] = max(r["peak_mib"] for r in runs)
+    row["seeds"] = len(runs)
+    return row
+
+
 def count_images(data: Path) -> tuple[int, int]:
     exts = {".jpg", ".jpeg", ".png"}
     return tuple(sum(1 for p in (data / split).rglob("*") if p.suffix.lower() in exts) for split in ("train", "val"))
@@ -161,6 +184,8 @@ def main() -> None:
     p.add_argument("--reference-acc", type=float, default=None, help="with --reference-wall: its best val acc")
     p.add_argument("--quick", action="store_true", help="1 epoch on a small generated set")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--seeds", type=int, default=1, help="run each recipe with seeds 0..N-1: mean wall time, best and "
+                                                        "final val acc as mean ± std")
     args = p.parse_args()
     if not REFERENCE.is_file() and args.reference_wall is None:
         raise SystemExit(f"the reference loop is not at {REFERENCE}")
@@ -188,8 +213,9 @@ def main() -> None:
                 references[mode] = ref
                 rows.append({"method": mode, "who": "tutorial loop", "images": n_train, **ref})
             ref = references[mode]
-            mine = ours(f"recipes/{method}.yaml", data, None if method.endswith("_fast") else epochs, args.overrides,
-                        args.device)
+            runs = [ours(f"recipes/{method}.yaml", data, None if method.endswith("_fast") else epochs,
+                         [*args.overrides, f"seed={seed}"], args.device) for seed in range(args.seeds)]
+            mine = over_seeds(runs)
             rows.append({"method": method, "who": f"runner {method}.yaml", "images": n_train, **mine,
                          "vs_reference": mine["wall_s"] / ref["wall_s"]})
         for times in [int(t) for t in args.scale.split(",") if t]:
@@ -202,6 +228,8 @@ def main() -> None:
                   "x reference")
     for r in rows:
         acc = "" if r["best_val_acc"] is None else f"{r['best_val_acc']:.4f}"
+        if "best_std" in r:
+            acc = f"{r['best_val_acc']:.4f} ± {r['best_std']:.4f} (final {r['final_mean']:.4f} ± {r['final_std']:.4f})"
         table.add_row(r["method"], r["who"], str(r["images"]), f"{r['wall_s']:.1f}{' est.' if 'note' in r else ''}",
                       f"{r['images_per_s']:.0f}", acc, _precision(r["precision"]),
                       "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",

@@ -66,7 +66,7 @@ def timeline(recipe: str, overrides: list[str], output: str) -> dict:
 
     build = importlib.import_module("runner.engine.build")
     loop = importlib.import_module("runner.engine.loop")
-    imagedata = importlib.import_module("runner.imagedata")
+    imagedata = importlib.import_module("runner.imagedata")  # its MemoryLoader decodes through read_rgb
     session = importlib.import_module("runner.session")
     mark("imports")
     wrap(session, "load", after="recipe + plugins loaded")
@@ -83,6 +83,8 @@ def timeline(recipe: str, overrides: list[str], output: str) -> dict:
     wrap(engine, "build", after="build done")
     wrap(build, "use_cached_features", after="features extracted")
     wrap(loop, "_epochs", after="epochs done")
+    wrap(loop, "save_json", after="summary written")  # then the run-end hooks: pictures
+    wrap(loop, "fit", after="run-end hooks done")
     from runner.cli import app
 
     sys.argv = ["runner", "run", recipe, "--set", f"output={output}", *sum([["--set", o] for o in overrides], [])]

@@ -8,7 +8,9 @@ and a file that would need one is refused, never retried unsafely.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -70,6 +72,45 @@ def save(state: dict[str, Any], path: Path) -> None:
     from runner.runfolder import save_torch
 
     save_torch(state, path)
+
+
+WRITE_EVERY_S = 10.0
+"""Checkpoints of epochs that end sooner than this after the previous write wait in memory (see :class:`Writer`)."""
+
+
+class Writer:
+    """best.pt and last.pt of a run, written at most every ``every_s`` seconds while epochs are quick.
+
+    An epoch that ends ``every_s`` or more after the previous write is written at once. A quicker one (a head on
+    cached features trains an epoch in milliseconds, and each write is the whole model, fsynced) is kept in memory
+    and written with the next write that is due, or by :meth:`flush`, which the loop calls when the run ends, on
+    Ctrl-C and on any error: when a run stops, the files hold its last finished epoch. Only a killed process
+    (SIGKILL, power loss) can leave them up to ``every_s`` seconds of epochs behind.
+    """
+
+    def __init__(self, folder: Path, every_s: float = WRITE_EVERY_S):
+        self.folder, self.every_s = Path(folder), every_s
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.written_at = float("-inf")
+
+    def put(self, kind: Literal["best", "last"], state: dict[str, Any]) -> None:
+        """Hand over an epoch's ``best`` state (a copy already) when it improved, then its ``last`` one: the last
+        ends the epoch, and is written with any held best when a write is due."""
+        if kind == "best":
+            self.pending["best"] = state
+        elif time.monotonic() - self.written_at >= self.every_s:
+            self.pending["last"] = state
+            self.flush()
+        else:  # held until written: a copy, so the optimizer's next steps do not change it
+            self.pending["last"] = copy.deepcopy(state)
+
+    def flush(self) -> None:
+        """Write what is held (best.pt first: a last.pt never names a best epoch whose file is missing)."""
+        for kind in ("best", "last"):
+            state = self.pending.pop(kind, None)
+            if state is not None:
+                save(state, self.folder / f"{kind}.pt")
+        self.written_at = time.monotonic()
 
 
 def load(path: str | Path, kind: Literal["best", "last"] = "best") -> dict[str, Any]:

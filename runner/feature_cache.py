@@ -279,6 +279,8 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
 
     trunk_head = _submodule_named_like(model, head, trunk)
     model.eval()
+    info = {} if info is None else info
+    wants_onnx = _wants_onnx(run, info, views * len(dataset))
     all_views, labels = [], []
     with hardware.compute_threads(run.device), torch.inference_mode():
         for view in range(views):
@@ -286,20 +288,75 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
             labels.clear()
             batches = _prefetched(iter(loader)) if PREFETCH and run.data.workers == 0 else loader
             for images, targets in batches:
+                if info.get("onnx") is not None:  # ONNX Runtime reads NCHW: no channels_last round trip
+                    captured.append(info["onnx"](images))
+                    labels.append(targets)
+                    continue
                 images = prepare(images)
                 if folded and not all_views and not captured:  # the first batch checks the fold
                     want = _head_inputs(model, head, images[:2])
                     got = _head_inputs(trunk, trunk_head, images[:2])
                     if (got - want).abs().max() > FOLD_TOLERANCE * max(1.0, float(want.abs().max())):
                         trunk, trunk_head, folded = model, head, 0
-                with autocast(run):
-                    captured.append(_head_inputs(trunk, trunk_head, images))
+                if wants_onnx is not None and not all_views and not captured:  # ... and measures onnxruntime
+                    captured.append(_choose_runtime(run, info, wants_onnx, trunk, trunk_head, images))
+                else:
+                    with autocast(run):
+                        captured.append(_head_inputs(trunk, trunk_head, images))
                 labels.append(targets)
             all_views.append(torch.cat(captured).cpu())
         threads = torch.get_num_threads()
-    if info is not None:
-        info.update(folded=folded, batch=batch, threads=threads)
+    info.update(folded=folded, batch=batch, threads=threads)
     return torch.stack(all_views), torch.cat(labels)
+
+
+def _wants_onnx(run, info: dict, images: int) -> bool | None:
+    """None: this pass runs in torch; else whether the trunk may be exported (True) or only a cached export used."""
+    mode = run.recipe.settings.trunk_runtime
+    if mode == "torch" or run.device.type != "cpu" or run.autocast_dtype is not None or "onnx" in info:
+        return None  # "onnx" in info: an earlier pass of this run decided (the val pass follows the train one)
+    from runner import onnx_trunk
+
+    if not onnx_trunk.available():
+        if mode == "onnxruntime":
+            raise RunnerError("trunk_runtime: onnxruntime needs ONNX Runtime: pip install 'runner-transfer[onnx]'")
+        return None
+    return mode == "onnxruntime" or max(images, info.get("images", 0)) >= onnx_trunk.AUTO_MIN_IMAGES
+
+
+def _choose_runtime(run, info: dict, export: bool, trunk, trunk_head, images: torch.Tensor) -> torch.Tensor:
+    """The first batch through torch and, where it can, ONNX Runtime: the outputs must agree, and the faster one
+    does the rest of the pass (``info["onnx"]``: the ONNX Runtime function, or None for torch)."""
+    import time
+
+    from runner import onnx_trunk
+
+    info["onnx"] = None
+    started = time.perf_counter()
+    want = _head_inputs(trunk, trunk_head, images)
+    torch_s = time.perf_counter() - started
+    name = next(n for n, m in trunk.named_modules() if m is trunk_head)
+    runtime, note = onnx_trunk.session(trunk, name, images, cache_dir().parent / "onnx", export)
+    if runtime is None:
+        info["runtime"] = f"torch ({note})"
+        return want
+    runtime(images[:1])  # the first call of a session sets it up: not what the pass costs
+    started = time.perf_counter()
+    got = runtime(images)
+    onnx_s = time.perf_counter() - started
+    if (got - want).abs().max() > FOLD_TOLERANCE * max(1.0, float(want.abs().max())):
+        info["runtime"] = "torch (the ONNX trunk's features differ from torch's)"
+        return want
+    if onnx_s < torch_s:  # torch's first batch of this size may have paid for its kernels' set-up: once more
+        started = time.perf_counter()
+        _head_inputs(trunk, trunk_head, images)
+        torch_s = time.perf_counter() - started
+    rates = f"{len(images) / onnx_s:.0f} against torch's {len(images) / torch_s:.0f} images/s, trunk {note}"
+    if onnx_s < torch_s:
+        info["onnx"], info["runtime"] = runtime, f"onnxruntime ({rates})"
+    else:
+        info["runtime"] = f"torch (onnxruntime {rates})"
+    return want
 
 
 def _warn(message: str) -> None:

@@ -42,6 +42,11 @@ class Settings(Params):
         "auto", description="autocast dtype; auto: bf16 where the hardware runs it fast, else fp32"
     )
     channels_last: bool = Field(True, description="channels_last memory format for 4-d activations")
+    trunk_runtime: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="what runs the frozen trunk's one pass of a cached run on a CPU in fp32: onnxruntime "
+                            "(the onnx extra; the exported trunk is cached and checked against torch on the first "
+                            "batch, and the faster of the two does the pass); auto: onnxruntime when installed and "
+                            "the exported trunk is cached or the pass has 1,000+ images; torch: always torch")
     compile: bool = Field(False, description="torch.compile the model for training and validation (pays on "
                                              "long runs: compiling takes a minute or more)")
     cache: Literal["auto", "off", "features"] = Field(

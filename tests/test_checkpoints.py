@@ -122,3 +122,32 @@ def test_evaluate_prints_its_result_before_a_picture_it_cannot_write(tmp_path, i
     import json
     assert 0 <= json.loads(done.stdout.splitlines()[0])["accuracy"] <= 1
     assert "warning:" in done.stderr and "confusion.png" in done.stderr and "disk full" not in done.stderr
+
+
+def test_quick_epochs_are_written_together_and_a_stop_writes_what_is_held(tmp_path):
+    """The writer puts the first epoch on disk at once, holds quicker ones in memory (copies: later steps do not
+    change them) and writes them when a write is due or the run stops (flush)."""
+    import torch
+
+    from runner.checkpoint import FORMAT, VERSION, Writer, load
+
+    def state(kind, epoch, tensor):
+        return {"format": FORMAT, "version": VERSION, "kind": kind, "model": {"w": tensor}, "classes": ["a"],
+                "preprocess": {}, "recipe": {}, "epoch": epoch}
+
+    writer = Writer(tmp_path, every_s=3600)
+    weights = torch.zeros(3)
+    writer.put("best", state("best", 1, weights.clone()))
+    writer.put("last", state("last", 1, weights))
+    assert load(tmp_path / "best.pt")["epoch"] == 1 and load(tmp_path / "last.pt")["epoch"] == 1
+    weights += 1
+    writer.put("last", state("last", 2, weights))
+    weights += 1  # the optimizer goes on after the epoch: the held copy keeps epoch 2's values
+    assert load(tmp_path / "last.pt")["epoch"] == 1  # held, not yet written
+    writer.flush()
+    saved = load(tmp_path / "last.pt")
+    assert saved["epoch"] == 2 and saved["model"]["w"].tolist() == [1.0, 1.0, 1.0]
+    due = Writer(tmp_path / "due", every_s=0)
+    (tmp_path / "due").mkdir()
+    due.put("last", state("last", 5, weights))
+    assert load(tmp_path / "due" / "last.pt")["epoch"] == 5  # a write that is due happens at once

@@ -229,3 +229,51 @@ def test_no_precision_probe_where_no_reduced_precision_path_exists(tmp_path, ima
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
     run = engine.build(load(recipe), load_catalog())
     assert run.autocast_dtype is torch.bfloat16 and calls == [1] and "measured img/s" in run.precision_note
+
+
+def test_onnxruntime_runs_the_trunk_with_the_features_torch_gives(tmp_path, imagefolder, monkeypatch):
+    """trunk_runtime: onnxruntime exports the folded trunk once (cached by its weights), its features equal torch's
+    within fp32 rounding on real images, the first batch measures both and the faster one does the pass."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from runner import onnx_trunk
+
+    cache = tmp_path / "cache" / "features"
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(cache))
+    dataset = {"name": "imagefolder", "root": str(imagefolder), **NO_AUGMENT}
+    recipe = write_recipe(tmp_path, imagefolder, dataset=dataset, cache="features", trunk_runtime="onnxruntime")
+    run = engine.build(load(recipe), load_catalog())
+    _randomise_batchnorm(run.model)
+    info = {}
+    features, labels = feature_cache.extract(run, run.data.train, 1, info=info)
+    assert info["runtime"].startswith(("onnxruntime (", "torch (onnxruntime ")), info["runtime"]  # either may win
+    assert "trunk exported in" in info["runtime"] or "trunk cached" in info["runtime"]
+    (exported,) = (cache.parent / "onnx").glob("*.onnx")
+    images = torch.stack([run.data.train[i][0] for i in range(len(run.data.train))])
+    run.model.eval()
+    with torch.inference_mode():
+        want = _head_inputs(run.model, run.backbone.head, images)
+    assert_close_to_scale(features[0], want)
+    assert labels.tolist() == list(run.data.train.targets)
+    folded, _ = feature_cache.fold_batchnorm(run.model)
+    head = next(name for name, module in run.model.named_modules() if module is run.backbone.head)
+    runtime, note = onnx_trunk.session(folded, head, images, cache.parent / "onnx", export=False)
+    assert note == "cached" and list((cache.parent / "onnx").glob("*.onnx")) == [exported]
+    assert_close_to_scale(runtime(images), want)  # ONNX Runtime's own numbers, whichever runtime won the pass
+
+    run.recipe.settings.trunk_runtime = "torch"
+    plain = {}
+    feature_cache.extract(run, run.data.val, 1, info=plain)
+    assert "runtime" not in plain
+
+
+def test_auto_exports_the_trunk_only_for_a_pass_that_pays_for_it(tmp_path, imagefolder, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    cache = tmp_path / "cache" / "features"
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(cache))
+    dataset = {"name": "imagefolder", "root": str(imagefolder), **NO_AUGMENT}
+    run = engine.build(load(write_recipe(tmp_path, imagefolder, dataset=dataset, cache="features")), load_catalog())
+    info = {}
+    feature_cache.extract(run, run.data.val, 1, info=info)  # a handful of images: no export, torch
+    assert info["runtime"] == "torch (no exported trunk cached)" and not (cache.parent / "onnx").exists()

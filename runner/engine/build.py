@@ -260,7 +260,7 @@ def use_cached_features(run: Run) -> str:
 
     run.image_loaders = (run.train_loader, run.val_loader)
     views = settings.views if data.augmented else 1
-    forward, info = functools.partial(eval_logits, run), {}
+    forward, info = functools.partial(eval_logits, run), {"images": views * len(data.train) + len(data.val)}
     train_x, train_y, hit_train = feature_cache.cached_features(run, data.train, views, forward, "train",
                                                                 random=data.augmented, info=info)
     val_x, val_y, hit_val = feature_cache.cached_features(run, data.val, 1, forward, "val", random=False, info=info)
@@ -269,9 +269,10 @@ def use_cached_features(run: Run) -> str:
                                                 run.recipe, run.device, workers=0)
     wrap_for_processes(run)
     how = "loaded from cache" if hit_train and hit_val else "extracted"
-    if info:
+    if "batch" in info:
         folded = f"{info['folded']} BatchNorms folded, " if info["folded"] else ""
-        how += f" ({folded}batch {info['batch']}, {info['threads']} threads)"
+        runtime = f"{info['runtime']}, " if info.get("runtime") else ""
+        how += f" ({runtime}{folded}batch {info['batch']}, {info['threads']} threads)"
     return f"{how} in {time.perf_counter() - started:.1f} s"
 
 

@@ -114,7 +114,8 @@ def restore(run: Run, state: dict[str, Any]) -> int:
 def fit(run: Run, resume: Path | None = None) -> dict[str, Any]:
     """Train for the recipe's epochs, validating each; keep and save the best val accuracy's weights.
 
-    Each epoch ends by writing ``last.pt``; ``resume`` (a run folder) continues from it. Ctrl-C raises
+    Each epoch ends with ``last.pt`` (written at once, or with the next write when epochs are quick: see
+    :class:`runner.checkpoint.Writer`); ``resume`` (a run folder) continues from it. Ctrl-C raises
     :class:`RunInterrupted` after the run folder is consistent.
     """
     settings = run.recipe.settings
@@ -135,8 +136,13 @@ def fit(run: Run, resume: Path | None = None) -> dict[str, Any]:
     first = restore(run, checkpoint.read_last(run.folder)) if resume is not None else 1
     run.resumed = resume is not None
     run.hook.runner_run_start(run=run.view)
+    run.checkpoints = checkpoint.Writer(run.folder)
     try:
-        _epochs(run, first)
+        try:
+            _epochs(run, first)
+        finally:  # whatever ends the epochs, the files hold the last finished one
+            if distributed.is_main():
+                run.checkpoints.flush()
     except KeyboardInterrupt:
         raise RunInterrupted(run.folder, run.epoch) from None
     except TrainingDiverged as exc:
@@ -195,10 +201,10 @@ def _end_epoch(run: Run, epoch: int, train: dict, val: dict, extra: dict) -> Non
     if improved:
         run.best = {"val_acc": val["acc"], "epoch": epoch}
         if distributed.is_main():
-            checkpoint.save(checkpoint.best_state(run, epoch, val["acc"]), run.folder / "best.pt")
+            run.checkpoints.put("best", checkpoint.best_state(run, epoch, val["acc"]))
     run.hook.runner_epoch_end(run=run.view, epoch=epoch, metrics=metrics)
     if distributed.is_main():
-        checkpoint.save(checkpoint.last_state(run, epoch), run.folder / "last.pt")
+        run.checkpoints.put("last", checkpoint.last_state(run, epoch))
     run.stop = distributed.from_main(run.stop)  # plugins (early stopping) decide on rank 0
 
 

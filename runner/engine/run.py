@@ -85,6 +85,8 @@ class Run:
     """The lr finder's result when the recipe's lr is auto (written to the run folder as lr_find.json/.png)."""
     mix: Any = None
     """The batch transform (torchvision's MixUp/CutMix) that mixes training images and labels, if any."""
+    checkpoints: Any = None
+    """The :class:`runner.checkpoint.Writer` of best.pt and last.pt, set when the epochs start."""
     solver: dict[str, Any] | None = None
     """``head_solver: lbfgs``: the penalty chosen, the iterations and the candidates tried (for summary.json)."""
 
