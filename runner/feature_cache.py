@@ -310,8 +310,9 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
     return torch.stack(all_views), torch.cat(labels)
 
 
-def _wants_onnx(run, info: dict, images: int) -> bool | None:
-    """None: this pass runs in torch; else whether the trunk may be exported (True) or only a cached export used."""
+def _wants_onnx(run, info: dict, images: int) -> int | None:
+    """None: this pass runs in torch; else the image views of the run's passes, for :func:`_choose_runtime` to
+    weigh an export against (``trunk_runtime: onnxruntime``: -1, export whatever the size)."""
     mode = run.recipe.settings.trunk_runtime
     if mode == "torch" or run.device.type != "cpu" or run.autocast_dtype is not None or "onnx" in info:
         return None  # "onnx" in info: an earlier pass of this run decided (the val pass follows the train one)
@@ -321,12 +322,14 @@ def _wants_onnx(run, info: dict, images: int) -> bool | None:
         if mode == "onnxruntime":
             raise RunnerError("trunk_runtime: onnxruntime needs ONNX Runtime: pip install 'runner-transfer[onnx]'")
         return None
-    return mode == "onnxruntime" or max(images, info.get("images", 0)) >= onnx_trunk.AUTO_MIN_IMAGES
+    return -1 if mode == "onnxruntime" else max(images, info.get("images", 0))
 
 
-def _choose_runtime(run, info: dict, export: bool, trunk, trunk_head, images: torch.Tensor) -> torch.Tensor:
+def _choose_runtime(run, info: dict, total: int, trunk, trunk_head, images: torch.Tensor) -> torch.Tensor:
     """The first batch through torch and, where it can, ONNX Runtime: the outputs must agree, and the faster one
-    does the rest of the pass (``info["onnx"]``: the ONNX Runtime function, or None for torch)."""
+    does the rest of the pass (``info["onnx"]``: the ONNX Runtime function, or None for torch). A trunk not yet
+    exported is exported when torch's pass over the ``total`` image views would take ``AUTO_MIN_PASS_S`` or more
+    at the rate of this batch (always for ``total`` -1)."""
     import time
 
     from runner import onnx_trunk
@@ -335,22 +338,23 @@ def _choose_runtime(run, info: dict, export: bool, trunk, trunk_head, images: to
     started = time.perf_counter()
     want = _head_inputs(trunk, trunk_head, images)
     torch_s = time.perf_counter() - started
+    if 0 <= total and torch_s / len(images) * total >= onnx_trunk.AUTO_MIN_PASS_S:
+        started = time.perf_counter()  # the first call of a batch size set torch's kernels up: time it warm
+        _head_inputs(trunk, trunk_head, images)
+        torch_s = time.perf_counter() - started
+    export = total < 0 or torch_s / len(images) * total >= onnx_trunk.AUTO_MIN_PASS_S
     name = next(n for n, m in trunk.named_modules() if m is trunk_head)
     runtime, note = onnx_trunk.session(trunk, name, images, cache_dir().parent / "onnx", export)
     if runtime is None:
         info["runtime"] = f"torch ({note})"
         return want
-    runtime(images[:1])  # the first call of a session sets it up: not what the pass costs
+    runtime(images)  # the first call of a session and batch size sets it up: not what the pass costs
     started = time.perf_counter()
     got = runtime(images)
     onnx_s = time.perf_counter() - started
     if (got - want).abs().max() > FOLD_TOLERANCE * max(1.0, float(want.abs().max())):
         info["runtime"] = "torch (the ONNX trunk's features differ from torch's)"
         return want
-    if onnx_s < torch_s:  # torch's first batch of this size may have paid for its kernels' set-up: once more
-        started = time.perf_counter()
-        _head_inputs(trunk, trunk_head, images)
-        torch_s = time.perf_counter() - started
     rates = f"{len(images) / onnx_s:.0f} against torch's {len(images) / torch_s:.0f} images/s, trunk {note}"
     if onnx_s < torch_s:
         info["onnx"], info["runtime"] = runtime, f"onnxruntime ({rates})"

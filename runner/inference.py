@@ -328,8 +328,9 @@ def export(trained: Trained, batch: torch.Tensor, fmt: str, out: Path) -> float:
         except ImportError:
             raise RunnerError(f"ONNX export needs the onnx extra: pip install '{DISTRIBUTION}[onnx]' "
                               "(onnx, onnxscript, onnxruntime)") from None
-        torch.onnx.export(model, (batch,), str(out), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        example = batch if len(batch) > 1 else batch.repeat(2, 1, 1, 1)  # a batch of 1 would be fixed at 1
+        torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"], dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},), verbose=False)
         model_proto = onnx.load(str(out))
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = "runner", meta

@@ -46,7 +46,8 @@ class Settings(Params):
         "auto", description="what runs the frozen trunk's one pass of a cached run on a CPU in fp32: onnxruntime "
                             "(the onnx extra; the exported trunk is cached and checked against torch on the first "
                             "batch, and the faster of the two does the pass); auto: onnxruntime when installed and "
-                            "the exported trunk is cached or the pass has 1,000+ images; torch: always torch")
+                            "the exported trunk is cached or torch's pass would take 60 s or more; torch: always "
+                            "torch")
     compile: bool = Field(False, description="torch.compile the model for training and validation (pays on "
                                              "long runs: compiling takes a minute or more)")
     cache: Literal["auto", "off", "features"] = Field(

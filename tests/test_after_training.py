@@ -3,6 +3,7 @@ export -- on small real images and a real (tiny) timm model."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -165,14 +166,22 @@ def test_export_torchscript_matches_eager_and_carries_metadata(trained):
     assert model(torch.zeros(2, 3, 160, 160)).shape == (2, 2)
 
 
-def test_export_onnx_without_the_extra_says_how_to_get_it(trained):
-    pytest.importorskip("torch")
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        pytest.skip("onnx is installed here: the message path cannot be reached")
-    except ImportError:
-        pass
+def test_export_onnx_without_the_extra_says_how_to_get_it(trained, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed: import fails
     folder, _ = trained
     result = cli.invoke(app, ["export", str(folder), "--format", "onnx"])
     assert result.exit_code == 2 and "pip install 'runner-transfer[onnx]'" in result.output
+
+
+def test_export_onnx_matches_eager_in_onnxruntime(trained):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnxruntime
+
+    folder, _ = trained
+    result = cli.invoke(app, ["export", str(folder), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    assert float(result.output.split("real images: ")[1].split()[0]) < 1e-4
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
+    (logits,) = session.run(None, {session.get_inputs()[0].name: torch.zeros(3, 3, 160, 160).numpy()})
+    assert logits.shape == (3, 2)
