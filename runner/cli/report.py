@@ -52,16 +52,16 @@ class RichReport:
         total = sum(p.numel() for p in run.model.parameters())
         notes = run.notes
         self.head = run.group_names.index("head") if "head" in run.group_names else len(run.group_names) - 1
-        self.console.print(
+        self.say(
             f"[bold]{run.name}[/]: {len(run.dataset('train'))} train / {len(run.dataset('val'))} val images, "
             f"{len(run.classes)} classes; {trainable:,} of {total:,} parameters trainable; "
             f"{notes['device']}; {run.epochs} epochs -> {run.folder}")
-        self.console.print(f"precision: {notes['precision']}; feature cache: {notes['cache']}", highlight=False)
+        self.say(f"precision: {notes['precision']}; feature cache: {notes['cache']}", highlight=False)
         if not run.resumed:  # a fresh run shows its plan; a resumed one has shown it
             self.console.print(plan_table(run.plan()), crop=False)
         skipped = run.skipped
         if skipped:
-            self.console.print(f"[yellow]skipped {len(skipped)} unreadable image(s)[/], e.g. {skipped[0]}",
+            self.say(f"[yellow]skipped {len(skipped)} unreadable image(s)[/], e.g. {skipped[0]}",
                                highlight=False)
         self.table = Table(title=None, show_edge=False)
         for column in ("epoch", "train loss", "train acc", "val loss", "val acc", "head lr", "s", "img/s", ""):
@@ -90,16 +90,21 @@ class RichReport:
                            f"{m['val_acc']:.4f}", f"{m['lr'][self.head]:.2g}", f"{m['seconds']:.1f}",
                            f"{m['images_per_s']:.0f}", "[green]best[/]" if m["best"] else "")
         if self.live is None:
-            self.console.print(f"epoch {epoch}/{run.epochs}: train loss {m['train_loss']:.4f} "
+            self.say(f"epoch {epoch}/{run.epochs}: train loss {m['train_loss']:.4f} "
                                f"acc {m['train_acc']:.4f}, val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}, "
                                f"head lr {m['lr'][self.head]:.2g}, {m['seconds']:.1f} s{' best' if m['best'] else ''}")
 
     @hookimpl
     def runner_run_end(self, run, summary):
         self.stop()
-        self.console.print(f"[bold green]best val acc {summary['best_val_acc']:.4f}[/] at epoch "
+        self.say(f"[bold green]best val acc {summary['best_val_acc']:.4f}[/] at epoch "
                            f"{summary['best_epoch']} of {summary['epochs']}; {summary['wall_s']:.1f} s; "
                            f"run folder {summary['folder']}")
+
+    def say(self, text: str, **options) -> None:
+        """A line of the run's report: wrapped at word boundaries on a terminal; in a pipe or a log, one line per
+        event, never broken at 80 columns (a grep finds it whole, a path stays whole)."""
+        self.console.print(text, soft_wrap=not self.console.is_terminal, **options)
 
     def stop(self) -> None:
         if self.live is not None:
