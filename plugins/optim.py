@@ -106,11 +106,11 @@ def signature_params(cls, base: type[Params], skip: tuple[str, ...], optional: t
             continue
         annotation = _plain(hints.get(name, type(p.default) if p.default not in (p.empty, None) else Any))
         if p.default is p.empty and name not in optional:
-            fields[name] = (annotation, Field(description=f"{cls.__name__}({name}=...)"))
+            fields[name] = (annotation, Field(description=f"{cls.__name__} argument {name}"))
         else:
             default = None if p.default is p.empty else p.default
             fields[name] = (Union[annotation, None] if default is None else annotation,  # noqa: UP007
-                            Field(default, description=f"{cls.__name__}({name}=...)"))
+                            Field(default, description=f"{cls.__name__} argument {name}"))
     return create_model(f"{cls.__name__}Params", __base__=base, **fields)
 
 
