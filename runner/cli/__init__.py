@@ -28,7 +28,7 @@ GLOBAL_OPTIONS = {"--debug": False, "--plugin": True, "--version": False}
 TYPE_METAVARS = {"int": "N", "float": "NUMBER"}
 
 
-def _no_flag_metavar(params: list) -> list:
+def _readable_metavars(params: list) -> list:
     """Option metavars as a person writes them: none for an option that takes no value (no ``<bool>``), N or NUMBER
     for numbers, TEXT otherwise (never typer's ``<list[str]>``)."""
     for param in params:
@@ -57,31 +57,28 @@ def _format_plain_help(click_help, command, ctx, formatter) -> None:
         command.help = text
 
 
-class RunnerCommand(TyperCommand):
+class _RunnerHelp:
+    """What every ``runner`` command and group shows in its help: readable metavars, and plain text into a pipe."""
+
     def get_params(self, ctx):
-        return _no_flag_metavar(super().get_params(ctx))
+        return _readable_metavars(super().get_params(ctx))
 
     def format_help(self, ctx, formatter):
-        if _plain_help():
-            return _format_plain_help(super(TyperCommand, self).format_help, self, ctx, formatter)
+        if _plain_help():  # click's own formatter: the class after typer's in the method order
+            typer_class = next(c for c in type(self).__mro__ if c in (TyperCommand, TyperGroup))
+            return _format_plain_help(super(typer_class, self).format_help, self, ctx, formatter)
         return super().format_help(ctx, formatter)
 
+
+class RunnerCommand(_RunnerHelp, TyperCommand):
     def get_short_help_str(self, limit: int = 45) -> str:
         """The whole first sentence in ``runner --help`` (wrapped there), never one cut with '...'."""
         return super().get_short_help_str(limit=1000)
 
 
-class RunnerGroup(TyperGroup):
+class RunnerGroup(_RunnerHelp, TyperGroup):
     """The ``runner`` group: a global option given after the command is a one-line error saying where it goes,
     and output cut short by a closed pipe (``runner list | head -1``) ends quietly with exit code 0."""
-
-    def get_params(self, ctx):
-        return _no_flag_metavar(super().get_params(ctx))
-
-    def format_help(self, ctx, formatter):
-        if _plain_help():
-            return _format_plain_help(super(TyperGroup, self).format_help, self, ctx, formatter)
-        return super().format_help(ctx, formatter)
 
     def invoke(self, ctx):
         _misplaced_global_option(self, ctx, [*ctx._protected_args, *ctx.args])
