@@ -101,8 +101,10 @@ class Writer:
         elif time.monotonic() - self.written_at >= self.every_s:
             self.pending["last"] = state
             self.flush()
-        else:  # held until written: a copy, so the optimizer's next steps do not change it
-            self.pending["last"] = copy.deepcopy(state)
+        else:  # held until written: a copy, so the optimizer's next steps do not change it (the weights are a
+            # copy already: last_state clones them)
+            held = copy.deepcopy({key: value for key, value in state.items() if key != "model"})
+            self.pending["last"] = {**held, "model": state["model"]}
 
     def flush(self) -> None:
         """Write what is held (best.pt first: a last.pt never names a best epoch whose file is missing)."""

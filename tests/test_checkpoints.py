@@ -131,9 +131,9 @@ def test_quick_epochs_are_written_together_and_a_stop_writes_what_is_held(tmp_pa
 
     from runner.checkpoint import FORMAT, VERSION, Writer, load
 
-    def state(kind, epoch, tensor):
-        return {"format": FORMAT, "version": VERSION, "kind": kind, "model": {"w": tensor}, "classes": ["a"],
-                "preprocess": {}, "recipe": {}, "epoch": epoch}
+    def state(kind, epoch, tensor):  # as last_state makes it: the weights cloned, the optimizer's state live
+        return {"format": FORMAT, "version": VERSION, "kind": kind, "model": {"w": tensor.clone()}, "classes": ["a"],
+                "preprocess": {}, "recipe": {}, "epoch": epoch, "optimizer": {"momentum": tensor}}
 
     writer = Writer(tmp_path, every_s=3600)
     weights = torch.zeros(3)
@@ -147,6 +147,7 @@ def test_quick_epochs_are_written_together_and_a_stop_writes_what_is_held(tmp_pa
     writer.flush()
     saved = load(tmp_path / "last.pt")
     assert saved["epoch"] == 2 and saved["model"]["w"].tolist() == [1.0, 1.0, 1.0]
+    assert saved["optimizer"]["momentum"].tolist() == [1.0, 1.0, 1.0]
     due = Writer(tmp_path / "due", every_s=0)
     (tmp_path / "due").mkdir()
     due.put("last", state("last", 5, weights))
