@@ -34,9 +34,13 @@ def best_state(run: Run, epoch: int, val_acc: float) -> dict[str, Any]:
     """What best.pt holds: the evaluated weights (the moving average with ``ema``) and how to use them."""
     from runner.engine.run import evaluated_model
 
+    return {**_about(run, epoch, val_acc), "model": _weights(evaluated_model(run))}
+
+
+def _about(run: Run, epoch: int, val_acc: float) -> dict[str, Any]:
+    """Everything of best.pt but the weights."""
     return {
         "format": FORMAT, "version": VERSION, "kind": "best",
-        "model": _weights(evaluated_model(run)),
         "classes": list(run.classes),
         "preprocess": dataclasses.asdict(run.backbone.preprocess),
         "recipe": run.resolved,
@@ -54,7 +58,7 @@ def last_state(run: Run, epoch: int) -> dict[str, Any]:
 
     scheduler = run.schedule.scheduler
     return {
-        **best_state(run, epoch, run.best["val_acc"]), "kind": "last",
+        **_about(run, epoch, run.best["val_acc"]), "kind": "last",
         "model": _weights(run.model),
         "ema": run.ema.state_dict() if run.ema is not None else None,
         "optimizer": run.optimizer.state_dict(),

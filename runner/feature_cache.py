@@ -89,6 +89,12 @@ class CachedFeatures(Dataset):
     def __getitem__(self, i: int):
         return self.features[self.view[i], i], self.labels[i]
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A batch's items in one indexing (the DataLoader calls this instead of ``__getitem__`` per item): a head
+        epoch over cached features is otherwise mostly per-item indexing."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.features[self.view[index], index].unbind(0), self.labels[index].unbind(0)))
+
 
 def _fingerprint(model: nn.Module, dataset, parts: list, head: nn.Module | None = None) -> str | None:
     """The cache key: the weights before ``head`` (what the head receives does not depend on the head's own, so

@@ -80,3 +80,29 @@ def test_batchnorm_in_train_mode_or_dropout_make_the_cache_inexact():
     assert why_not_exact(model, head, augmented=False) is None
     model[3].p = 0.2
     assert "dropout" in why_not_exact(model, head, augmented=False)
+
+
+def test_cached_features_in_batches_equal_the_items_one_by_one():
+    from torch.utils.data import DataLoader
+
+    from runner.feature_cache import CachedFeatures
+
+    features, labels = torch.randn(2, 10, 5), torch.arange(10) % 3
+    cached = CachedFeatures(features, labels, seed=4)
+    cached.set_epoch(3)
+    assert cached.view.unique().numel() == 2  # both views drawn, so a wrong index shows
+
+    class OneByOne:  # the same items through __getitem__ only
+        def __len__(self):
+            return len(cached)
+
+        def __getitem__(self, i):
+            return cached[i]
+
+    def batches(dataset):
+        return list(DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+
+    together, alone = batches(cached), batches(OneByOne())
+    assert [len(y) for _, y in together] == [4, 4, 2]
+    for (x, y), (x1, y1) in zip(together, alone, strict=True):
+        assert torch.equal(x, x1) and torch.equal(y, y1)
