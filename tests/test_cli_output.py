@@ -448,23 +448,31 @@ def test_confusion_picture_is_readable(tmp_path):
         assert picture.width >= 600 and picture.height >= 600
 
 
-def test_batch_picture_has_large_labels(tmp_path):
+def test_image_grid_has_large_labels_in_their_colours(tmp_path):
+    import numpy
     import torch
 
     from runner.api import Preprocess
-    from runner_plugins.pictures import grid_figure, image_grid
+    from runner_plugins.pictures import LABEL_PX, image_grid
 
     preprocess = Preprocess(size=32, resize=36, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    images = [torch.zeros(3, 32, 32) for _ in range(6)]
-    titles = [f"class_{i}" for i in range(6)]
-    fig = grid_figure(images, titles, ["black"] * 6, preprocess, "a training batch")
-    shown = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert shown == titles
-    assert all(ax.title.get_fontsize() >= 12 for ax in fig.axes if ax.get_title())
-    assert fig._suptitle.get_text() == "a training batch" and fig._suptitle.get_fontsize() >= 14
-    image_grid(images, titles, ["black"] * 6, preprocess, tmp_path / "batch.png", "a training batch")
+    images = [torch.zeros(3, 32, 32) for _ in range(6)]  # mid-grey once de-normalised
+    titles = [f"class_{i}\n(true: class_{i})" for i in range(6)]
+    colours = ["black"] * 5 + ["red"]
+    image_grid(images, titles, colours, preprocess, tmp_path / "batch.png", "a training batch")
     with Image.open(tmp_path / "batch.png") as picture:
-        assert picture.width >= 800 and picture.height >= 400
+        assert picture.width >= 800 and picture.height >= 400  # 32-pixel images are enlarged to be seen
+        pixels = numpy.asarray(picture.convert("RGB")).astype(int)
+    red = (pixels[..., 0] > 150) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
+    dark = pixels.sum(-1) < 150
+    grey = (abs(pixels - 128) < 8).all(-1)
+    rows_with_red, cols_with_red = numpy.nonzero(red)
+    assert len(rows_with_red), "the wrong prediction's label is red"
+    assert cols_with_red.min() > picture.width // 4 and rows_with_red.min() > picture.height // 2  # row 2, col 2
+    assert not red[: picture.height // 2].any(), "the right ones are not"
+    assert rows_with_red.max() - rows_with_red.min() >= 2 * LABEL_PX  # two lines, letters of LABEL_PX >= 14
+    assert LABEL_PX >= 14 and dark[: picture.height // 10].any()  # a title above the grid
+    assert grey.sum() >= 6 * 200 * 200  # the six images, at least 200 pixels a side
 
 
 def test_metrics_csv_names_lr_columns_by_group():
