@@ -13,7 +13,7 @@ from pydantic import Field
 
 from runner.types import Data, Params, Preprocess
 from runner.errors import RunnerError
-from runner.images import IMAGE_EXTENSIONS, BadImage, read_rgb, walk_files
+from runner.images import IMAGE_EXTENSIONS, BadImage, bomb_guard, read_rgb, walk_files
 
 if TYPE_CHECKING:  # torchvision is imported when a dataset is built, not to read its parameters
     from PIL import Image
@@ -122,17 +122,46 @@ class ImageFolder:
         return f"ImageFolder({self.root}, {len(self.samples)} images, {len(self.classes)} classes)"
 
 
+DECODE_THREADS = 8
+"""At most this many threads decode a preload (PIL releases the GIL while decoding and resizing)."""
+
+
+def decode_threads() -> int:
+    """Threads for decoding: the CPUs this process may use (each of several torchrun processes gets its share of
+    ``OMP_NUM_THREADS``), at most :data:`DECODE_THREADS`."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, min(DECODE_THREADS, int(os.environ["OMP_NUM_THREADS"])))
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    return max(1, min(DECODE_THREADS, usable))
+
+
 def drop_bad_images(split: ImageFolder, policy: str) -> list[tuple[str, str]]:
     """Check every image of ``split`` and drop the unreadable: decoded through a MemoryLoader (which keeps them,
-    so the check is the preload), else by header only."""
-    bad, good = [], []
+    so the check is the preload; on all cores: the preload is most of a cached run's fixed cost), else by header
+    only."""
     check = split.loader if isinstance(split.loader, MemoryLoader) else (lambda p: read_rgb(p, decode=False))
-    for path, label in split.samples:
+
+    def problem(path: str) -> str | None:
         try:
             check(path)
-            good.append((path, label))
         except BadImage as exc:
-            bad.append((path, str(exc)))
+            return str(exc)
+        return None
+
+    paths = [path for path, _ in split.samples]
+    threads = decode_threads() if isinstance(split.loader, MemoryLoader) and len(paths) >= 32 else 1
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with bomb_guard(), ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+            problems = list(pool.map(problem, paths, chunksize=8))
+    else:
+        problems = [problem(path) for path in paths]
+    good = [sample for sample, why in zip(split.samples, problems) if why is None]
+    bad = [(path, why) for path, why in zip(paths, problems) if why is not None]
     if bad and policy == "error":
         shown = "; ".join(f"{p}: {why}" for p, why in bad[:3])
         raise RunnerError(f"{len(bad)} unreadable image(s) in {split.root} ({shown}{'; ...' if len(bad) > 3 else ''}); "
@@ -147,6 +176,8 @@ def finish_image_files(train, val, params: ImageFileParams, preprocess: Preproce
     left with no training image: the steps every dataset of image files ends with."""
     preload = params.preload if params.preload != "auto" else len(train) + len(val) <= 20_000
     if preload:
+        from torchvision.transforms import functional  # noqa: F401  imported once here, not in each decoding thread
+
         train.loader = MemoryLoader(2 * preprocess.resize if params.augment != "none" else preprocess.resize,
                                     preprocess.interpolation)
         val.loader = MemoryLoader(preprocess.resize, preprocess.interpolation)

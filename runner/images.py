@@ -2,7 +2,9 @@
 walks that skip hidden files and survive symlink loops. A file that cannot be read raises :class:`BadImage`."""
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import IO
@@ -35,6 +37,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+@contextlib.contextmanager
+def bomb_guard():
+    """PIL's DecompressionBombWarning raised as an error while reading. ``warnings.catch_warnings`` changes
+    process-wide state and is not thread-safe, so only the main thread enters it; a pool of decoding threads is
+    started inside one guard (runner.imagedata.drop_bad_images), and in any other thread the MAX_PIXELS check,
+    below PIL's own limit, refuses the same images."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
 def read_rgb(path: str | os.PathLike | IO[bytes], decode: bool = True) -> Image.Image | None:
     """The image at ``path`` (or in a binary file object), fully decoded, as RGB; :class:`BadImage` when it cannot
     be.
@@ -44,8 +60,7 @@ def read_rgb(path: str | os.PathLike | IO[bytes], decode: bool = True) -> Image.
     """
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with bomb_guard():
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:

@@ -45,6 +45,27 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
         assert data.train[i][0].shape == (3, 32, 32)
 
 
+def test_a_preload_decoded_in_threads_keeps_the_order_and_skips_the_same_files(tmp_path, monkeypatch):
+    import warnings
+
+    from runner import imagedata
+
+    root = make_imagefolder(tmp_path / "data", per_split=(24, 4))
+    faults = add_faults(root / "train" / "cats")
+    filters = list(warnings.filters)
+    monkeypatch.setattr(imagedata, "decode_threads", lambda: 4)
+    threaded = build(root)
+    assert warnings.filters == filters  # the guard around the threads leaves the process's warning filters alone
+    monkeypatch.setattr(imagedata, "decode_threads", lambda: 1)
+    alone = build(root)
+    assert len(threaded.train) == 48 >= 32  # enough images for the threaded path
+    assert threaded.train.samples == alone.train.samples and threaded.skipped == alone.skipped
+    assert sorted(s.split(" (")[0].rsplit("/", 1)[1] for s in threaded.skipped) == sorted(faults)
+    assert "too large" in next(s for s in threaded.skipped if "bomb.png" in s)
+    loader = threaded.train.loader
+    assert len(loader.images) == 48 and all(image.mode == "RGB" for image in loader.images.values())
+
+
 def test_unreadable_images_with_policy_error_stop_with_the_list(tmp_path):
     root = make_imagefolder(tmp_path / "data")
     add_faults(root / "train" / "cats")
