@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from runner import distributed
 from runner.errors import RunnerError
+from runner.folding import agrees, fold_batchnorm, head_inputs
 from runner.runfolder import save_torch
 
 STOCHASTIC = (nn.modules.dropout._DropoutNd,)
@@ -130,89 +131,12 @@ PREFETCH = False
 """Transform the next batch in a background thread while the trunk runs. Measured on 2 cores: 87 against 85 img/s,
 within noise (the transforms and the trunk's two threads share the same two cores), so off; loader workers still
 apply on machines with more cores (``dataset.workers``)."""
-FOLD_TOLERANCE = 1e-3
-"""Largest difference, relative to the largest head input, that a folded trunk may show against the unfolded one on
-the first batch (fp32); folding is exact up to rounding (~1e-6), so anything larger means the fold was wrong for
-this model (a convolution whose output is also used elsewhere, a custom forward) and the unfolded trunk is used."""
-
-
-def _norm_replacement(module: nn.Module) -> nn.Module | None:
-    """What is left of a BatchNorm once its affine is folded into the convolution before it: nothing for
-    torch's BatchNorm2d, the activation of timm's BatchNormAct2d; None for a norm this cannot fold (a subclass
-    with its own forward, training statistics, no running statistics)."""
-    if not isinstance(module, nn.BatchNorm2d) or module.training or module.running_mean is None:
-        return None
-    if type(module) is nn.BatchNorm2d:
-        return nn.Identity()
-    if type(module).__name__ == "BatchNormAct2d" and type(module).__module__.startswith("timm."):
-        return nn.Sequential(module.drop, module.act)  # timm: batch_norm, then drop, then act
-    return None
-
-
-def _foldable_convolution(module: nn.Module) -> bool:
-    """torch's Conv2d, or timm's Conv2dSame (the same weights, padding computed in forward)."""
-    return type(module) is nn.Conv2d or (type(module).__name__ == "Conv2dSame"
-                                         and type(module).__module__.startswith("timm."))
-
-
-def _fold_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
-    """(parent, convolution name, norm name): a Conv2d registered right before an eval-mode BatchNorm of as many
-    channels, the way torchvision and timm build conv-bn(-act) (the first batch checks it is also the order they
-    run in)."""
-    pairs = []
-    for parent in model.modules():
-        names = [name for name, child in parent._modules.items() if child is not None]
-        for before, after in zip(names, names[1:]):
-            conv, norm = parent._modules[before], parent._modules[after]
-            if (_foldable_convolution(conv) and _norm_replacement(norm) is not None
-                    and norm.num_features == conv.out_channels):
-                pairs.append((parent, before, after))
-    return pairs
-
-
-def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
-    """An eval-mode copy of ``model`` with each BatchNorm folded into the convolution before it, and how many were
-    folded; ``model`` itself (not copied) when there is nothing to fold. Folding computes the same function in eval
-    mode (``torch.nn.utils.fusion.fuse_conv_bn_eval``: w' = w * gamma / sqrt(var + eps), b' = (b - mean) * gamma /
-    sqrt(var + eps) + beta) with one pass over each activation less. For inference only: the copy is not trained."""
-    import copy
-
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    was = model.training
-    model.eval()
-    try:
-        if not _fold_pairs(model):
-            return model, 0
-        folded = copy.deepcopy(model).eval()
-    finally:
-        model.train(was)
-    pairs = _fold_pairs(folded)
-    for parent, conv, norm in pairs:
-        replacement = _norm_replacement(parent._modules[norm])
-        parent._modules[conv] = fuse_conv_bn_eval(parent._modules[conv], parent._modules[norm])
-        parent._modules[norm] = replacement
-    for param in folded.parameters():
-        param.requires_grad_(False)
-    return folded, len(pairs)
-
-
 def _submodule_named_like(model: nn.Module, module: nn.Module, copy: nn.Module) -> nn.Module:
     """In ``copy`` (a deep copy of ``model``), the module that ``module`` is in ``model``."""
     if copy is model:
         return module
     name = next(name for name, m in model.named_modules() if m is module)
     return copy.get_submodule(name)
-
-
-def _head_inputs(model: nn.Module, head: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    captured = []
-    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
-    try:
-        model(images)
-    finally:
-        handle.remove()
-    return captured[0].float()
 
 
 def _prefetched(batches):
@@ -300,15 +224,15 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
                     continue
                 images = prepare(images)
                 if folded and not all_views and not captured:  # the first batch checks the fold
-                    want = _head_inputs(model, head, images[:2])
-                    got = _head_inputs(trunk, trunk_head, images[:2])
-                    if (got - want).abs().max() > FOLD_TOLERANCE * max(1.0, float(want.abs().max())):
+                    want = head_inputs(model, head, images[:2])
+                    got = head_inputs(trunk, trunk_head, images[:2])
+                    if not agrees(want, got):
                         trunk, trunk_head, folded = model, head, 0
                 if wants_onnx is not None and not all_views and not captured:  # ... and measures onnxruntime
                     captured.append(_choose_runtime(run, info, wants_onnx, trunk, trunk_head, images))
                 else:
                     with autocast(run):
-                        captured.append(_head_inputs(trunk, trunk_head, images))
+                        captured.append(head_inputs(trunk, trunk_head, images))
                 labels.append(targets)
             all_views.append(torch.cat(captured).cpu())
         threads = torch.get_num_threads()
@@ -342,11 +266,11 @@ def _choose_runtime(run, info: dict, total: int, trunk, trunk_head, images: torc
 
     info["onnx"] = None
     started = time.perf_counter()
-    want = _head_inputs(trunk, trunk_head, images)
+    want = head_inputs(trunk, trunk_head, images)
     torch_s = time.perf_counter() - started
     if 0 <= total and torch_s / len(images) * total >= onnx_trunk.AUTO_MIN_PASS_S:
         started = time.perf_counter()  # the first call of a batch size set torch's kernels up: time it warm
-        _head_inputs(trunk, trunk_head, images)
+        head_inputs(trunk, trunk_head, images)
         torch_s = time.perf_counter() - started
     export = total < 0 or torch_s / len(images) * total >= onnx_trunk.AUTO_MIN_PASS_S
     name = next(n for n, m in trunk.named_modules() if m is trunk_head)
@@ -358,7 +282,7 @@ def _choose_runtime(run, info: dict, total: int, trunk, trunk_head, images: torc
     started = time.perf_counter()
     got = runtime(images)
     onnx_s = time.perf_counter() - started
-    if (got - want).abs().max() > FOLD_TOLERANCE * max(1.0, float(want.abs().max())):
+    if not agrees(want, got):
         info["runtime"] = "torch (the ONNX trunk's features differ from torch's)"
         return want
     rates = f"{len(images) / onnx_s:.0f} against torch's {len(images) / torch_s:.0f} images/s, trunk {note}"

@@ -9,7 +9,7 @@ from PIL import Image
 from torch import nn
 
 from conftest import TINY_BACKBONE
-from runner import engine, feature_cache, hardware
+from runner import engine, feature_cache, folding, hardware
 from runner.plugins import load_catalog
 from runner.recipes import load
 from test_engine import write_recipe
@@ -32,7 +32,7 @@ def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
 
 
 def _head_inputs(model, head, images):
-    return feature_cache._head_inputs(model, head, images)
+    return feature_cache.head_inputs(model, head, images)
 
 
 def assert_close_to_scale(got, want, tolerance=1e-4):
@@ -129,6 +129,29 @@ def test_extraction_checks_the_fold_and_keeps_the_plain_trunk_where_it_differs(t
         want = _head_inputs(model, model.head, images)
     torch.testing.assert_close(features[0], want, rtol=0, atol=1e-5)
     assert labels.tolist() == list(run.data.val.targets)
+
+
+def test_validation_runs_a_folded_copy_with_the_plain_models_results(tmp_path, imagefolder, monkeypatch):
+    """A whole model's val phase on a CPU runs a BatchNorm-folded copy in chunks: the plain model's loss and
+    accuracy; and the plain model itself where the first batch shows the fold would be wrong."""
+    dataset = {"name": "imagefolder", "root": str(imagefolder), "val_batch_size": 64, **NO_AUGMENT}
+    run = engine.build(load(write_recipe(tmp_path, imagefolder, dataset=dataset, freeze="none")), load_catalog())
+    _randomise_batchnorm(run.model)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    assert not run.cache and run.val_fold is None
+    monkeypatch.setattr(folding, "EVAL_CPU_BATCH", 3)  # the 8 val images in one loader batch, 3 forward passes
+    fast = engine.run_phase(run, "val", 1)
+    assert run.val_fold is True
+    run.val_fold = False
+    plain = engine.run_phase(run, "val", 1)
+    assert fast["acc"] == plain["acc"] and fast["images"] == plain["images"] == len(run.data.val)
+    assert fast["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in run.model.state_dict().items())  # the copy only
+    wrong = ConvUsedTwice()
+    _randomise_batchnorm(wrong)
+    run.backbone.model, run.backbone.head, run.val_fold = wrong, wrong.head, None
+    engine.run_phase(run, "val", 1)
+    assert run.val_fold is False
 
 
 def test_cached_features_equal_the_unfolded_path(tmp_path, imagefolder, monkeypatch):

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from runner import checkpoint, distributed, feature_cache
+from runner import checkpoint, distributed, feature_cache, folding
 from runner.engine.build import prepare_features, wrap_for_processes
 from runner.engine.run import (Run, RunInterrupted, TrainingDiverged, autocast, evaluated_module, generators,
                                to_device, trained_module)
@@ -27,6 +27,7 @@ def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
         loader.sampler.set_epoch(epoch)  # DistributedSampler: a new order each epoch, the same in every process
     module = trained_module(run) if train else evaluated_module(run)
     module.train(train)
+    forward = module if train else validation_forward(run, module)
     criterion = nn.CrossEntropyLoss(label_smoothing=run.recipe.settings.label_smoothing if train else 0.0)
     loss_sum, correct, seen = 0.0, 0, 0
     started = time.perf_counter()
@@ -40,7 +41,7 @@ def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
             if train and run.mix is not None:
                 images, targets = run.mix(images, labels)
             with autocast(run, train):
-                logits = module(images)
+                logits = forward(images)
                 loss = criterion(logits.float(), targets)
             if train:
                 training_step(run, loss, batch, len(loader), epoch)
@@ -51,6 +52,32 @@ def run_phase(run: Run, phase: str, epoch: int) -> dict[str, float]:
     seconds = time.perf_counter() - started
     loss_sum, correct, seen = distributed.sum_all([loss_sum, correct, seen], run.device)
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": int(seen), "seconds": seconds}
+
+
+def validation_forward(run: Run, module: nn.Module):
+    """The val phase's forward. On a CPU, for a whole model (not a head on cached features, not under DDP or
+    compile): a copy of ``module`` with BatchNorm folded into its convolutions, in chunks of
+    :data:`runner.folding.EVAL_CPU_BATCH` images -- ~1.6x the images per second of ``module`` at batch 64 here, the
+    same logits up to fp32 rounding. The fold is checked against ``module`` once per run, on the first val batch;
+    where it does not hold (or there is nothing to fold) ``module`` itself runs."""
+    if (run.device.type != "cpu" or run.cache or run.ddp is not None or run.compiled is not None
+            or run.val_fold is False):
+        return module
+    folded, count = folding.fold_batchnorm(module)
+    if not count:
+        run.val_fold = False
+        return module
+    if run.recipe.settings.channels_last:
+        folded.to(memory_format=torch.channels_last)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        if run.val_fold is None:  # the first batch of the run: does the fold compute what the model does?
+            run.val_fold = folding.agrees(module(images[:2]), folded(images[:2]))
+        if not run.val_fold:
+            return module(images)
+        return torch.cat([folded(chunk) for chunk in images.split(folding.EVAL_CPU_BATCH)])
+
+    return forward
 
 
 def clip_gradients(run: Run) -> None:

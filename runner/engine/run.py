@@ -70,15 +70,17 @@ class Run:
     val_loader: DataLoader
     hook: Any
     compiled: nn.Module | None = None
+    """``torch.compile`` of the model when the recipe asks for it; it shares the model's parameters."""
     ddp: nn.Module | None = None
     """The trained module in DistributedDataParallel when torchrun started several processes."""
-    """``torch.compile`` of the model when the recipe asks for it; it shares the model's parameters."""
     train_dtype: torch.dtype | None = None
     """Autocast dtype for training steps; precision auto keeps fp32 where reduced precision trains slower."""
     precision_note: str = ""
     image_loaders: tuple[DataLoader, DataLoader] | None = None
     cache: bool = False
     cache_note: str = ""
+    val_fold: bool | None = None
+    """Whether validation runs a BatchNorm-folded copy of the model (None: not yet checked on a first batch)."""
     ema: Any = None
     """``torch.optim.swa_utils.AveragedModel`` of the model when the recipe sets ``ema``."""
     lr_find: Any = None
