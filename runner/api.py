@@ -25,8 +25,8 @@ from runner.freezing import (FreezeParams, freeze, freeze_plan, hold_batchnorm_e
 from runner.hookspecs import hookimpl
 from runner.lifecycle import RunView
 
-API_VERSION = "1.0"
-"""The plugin API's version, ``major.minor``."""
+API_VERSION = "1.1"
+"""The plugin API's version, ``major.minor``. 1.1 added ``read_rgb(..., shorter=N)`` (JPEG draft-mode decoding)."""
 
 # names whose modules import torch, torchvision or matplotlib: loaded on first use, so importing the API is cheap
 _LAZY = {

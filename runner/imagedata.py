@@ -3,6 +3,7 @@
 steps every image-file dataset ends with (preload, unreadable files, empty classes)."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Literal
@@ -72,7 +73,8 @@ class MemoryLoader:
     """An image loader that decodes each file once and keeps it, its shorter side cut to ``shorter`` pixels.
 
     Downsizing with the transform's own interpolation to no less than the first resize the transform makes leaves
-    the val transform's output unchanged; decoding is then paid once per run, not once per epoch.
+    the val transform's output unchanged; decoding is then paid once per run, not once per epoch. A JPEG twice as
+    large as ``shorter`` or more is decoded in draft mode at a fraction of its size (see :func:`read_rgb`).
     """
 
     def __init__(self, shorter: int, interpolation: str):
@@ -82,7 +84,7 @@ class MemoryLoader:
     def __call__(self, path: str) -> Image.Image:
         image = self.images.get(path)
         if image is None:
-            image = read_rgb(path)
+            image = read_rgb(path, shorter=self.shorter)
             if min(image.size) > self.shorter:
                 from torchvision import transforms
 
@@ -175,12 +177,15 @@ def finish_image_files(train, val, params: ImageFileParams, preprocess: Preproce
     """Preload (sets of at most 20,000 images under ``preload: auto``), drop unreadable images, and refuse classes
     left with no training image: the steps every dataset of image files ends with."""
     preload = params.preload if params.preload != "auto" else len(train) + len(val) <= 20_000
+    keep_train = 2 * preprocess.resize if params.augment != "none" else preprocess.resize
     if preload:
         from torchvision.transforms import functional  # noqa: F401  imported once here, not in each decoding thread
 
-        train.loader = MemoryLoader(2 * preprocess.resize if params.augment != "none" else preprocess.resize,
-                                    preprocess.interpolation)
+        train.loader = MemoryLoader(keep_train, preprocess.interpolation)
         val.loader = MemoryLoader(preprocess.resize, preprocess.interpolation)
+    else:  # decoded each epoch, large JPEGs in draft mode as a preload would (the same val tensors either way)
+        train.loader = functools.partial(read_rgb, shorter=keep_train)
+        val.loader = functools.partial(read_rgb, shorter=preprocess.resize)
     bad = drop_bad_images(train, params.bad_images) + drop_bad_images(val, params.bad_images)
     kept = set(train.targets)
     empty = [c for i, c in enumerate(train.classes) if i not in kept]

@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import default_loader
 
 from runner.types import Preprocess
 from runner.errors import RunnerError, did_you_mean
-from runner.images import IMAGE_EXTENSIONS
+from runner.images import IMAGE_EXTENSIONS, read_rgb
 from runner.hardware import resolve_device, resolve_precision
 from runner.weights import load_strict
 
@@ -96,15 +95,18 @@ def image_files(paths: list[str]) -> list[Path]:
 
 
 class Files(Dataset):
-    def __init__(self, files: list[Path], transform, labels: list[int] | None = None):
-        self.files, self.transform, self.labels = files, transform, labels
+    """Image files read as training reads them (:func:`runner.images.read_rgb`: alpha on white, 16-bit scaled,
+    large JPEGs decoded in draft mode down to ``shorter``), each with its label (or -1) and whether it was read."""
+
+    def __init__(self, files: list[Path], transform, labels: list[int] | None = None, shorter: int | None = None):
+        self.files, self.transform, self.labels, self.shorter = files, transform, labels, shorter
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         try:
-            image = self.transform(default_loader(str(self.files[i])))
+            image = self.transform(read_rgb(self.files[i], shorter=self.shorter))
             ok = True
         except Exception:  # an unreadable file: reported, not fatal
             image, ok = torch.zeros(3, 1, 1), False
@@ -123,7 +125,7 @@ def _batches(trained: Trained, dataset: Files, batch_size: int):
 def predict_files(trained: Trained, files: list[Path], top_k: int = 3, batch_size: int = 32) -> list[dict]:
     """One row per file: predicted class, its probability, the top k; unreadable files get an error."""
     rows, index = [], 0
-    for images, _, oks in _batches(trained, Files(files, trained.transform()), batch_size):
+    for images, _, oks in _batches(trained, Files(files, trained.transform(), shorter=trained.preprocess.resize), batch_size):
         probs = iter(trained.probabilities(images)) if images is not None else iter(())
         for ok in oks:
             file = files[index]
@@ -181,7 +183,7 @@ def labelled_files(folder: Path, classes: list[str]) -> tuple[list[Path], list[i
 
 def evaluate(trained: Trained, files: list[Path], labels: list[int], batch_size: int = 32) -> dict:
     """Accuracy, per-class precision/recall/F1, the confusion matrix and the most confidently wrong images."""
-    batches = _batches(trained, Files(files, trained.transform(), labels), batch_size)
+    batches = _batches(trained, Files(files, trained.transform(), labels, trained.preprocess.resize), batch_size)
     return _scores(trained, batches, [str(f) for f in files])
 
 
@@ -265,7 +267,7 @@ def export_batch(trained: Trained, images: str | None, catalog) -> torch.Tensor:
     if isinstance(found, (tuple, list)):  # files: through the checkpoint's preprocessing
         files = (found[0] if isinstance(found, tuple) else found)[:8]
         transform = trained.preprocess.eval_transform()
-        batch = torch.stack([transform(default_loader(str(f))) for f in files])
+        batch = torch.stack([transform(read_rgb(f, shorter=trained.preprocess.resize)) for f in files])
     else:  # a dataset that yields tensors itself
         files = range(min(8, len(found)))
         batch = torch.stack([found[i][0] for i in files])

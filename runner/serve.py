@@ -83,13 +83,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def decode(data: bytes):
+def decode(data: bytes, shorter: int | None = None):
     """An uploaded file as an RGB PIL image through :func:`runner.images.read_rgb` (its guards: not an image,
-    truncated, more than :data:`~runner.images.MAX_PIXELS` pixels); :class:`BadImage` saying why otherwise."""
+    truncated, more than :data:`~runner.images.MAX_PIXELS` pixels; a large JPEG decoded in draft mode down to
+    ``shorter``, as training and ``runner predict`` read it); :class:`BadImage` saying why otherwise."""
     if not data:
         raise BadImage("empty file")
     try:
-        return read_rgb(io.BytesIO(data))
+        return read_rgb(io.BytesIO(data), shorter=shorter)
     except BadImage:
         raise
     except Exception as exc:  # PIL raises many types (struct.error, IndexError...) for malformed files
@@ -411,7 +412,7 @@ def create_app(model: "Model", *, checkpoint: str | Path | None = None, max_batc
         images, problems = [], []
         for name, data in uploads:
             try:
-                images.append(transform(decode(data)))
+                images.append(transform(decode(data, trained.preprocess.resize)))
             except BadImage as exc:
                 problems.append({"file": name, "error": str(exc)})
             except Exception as exc:  # a transform that cannot take this image (e.g. a 1-pixel-wide one)

@@ -131,3 +131,46 @@ def test_bad_image_reasons(tmp_path):
     (tmp_path / "z.jpg").write_bytes(b"")
     with pytest.raises(BadImage, match="empty file"):
         read_rgb(tmp_path / "z.jpg")
+
+
+def _photo(path, size):
+    """A smooth colour gradient with some texture, saved as a JPEG of ``size``: something resampling can tell apart."""
+    width, height = size
+    x = np.linspace(0, 1, width)[None, :, None]
+    y = np.linspace(0, 1, height)[:, None, None]
+    rgb = np.concatenate([x * np.ones_like(y), y * np.ones_like(x), 0.5 + 0.3 * np.sin(12 * x + 9 * y)], axis=2)
+    Image.fromarray((rgb * 255).astype("uint8")).save(path, quality=92)
+    return path
+
+
+def test_a_large_jpeg_is_decoded_in_draft_mode_close_to_a_full_decode(tmp_path):
+    from torchvision.transforms import functional
+
+    big = _photo(tmp_path / "big.jpg", (2400, 1800))
+    drafted = read_rgb(big, shorter=256)
+    assert drafted.mode == "RGB" and 256 <= min(drafted.size) < 2 * 256  # 1800 / 4 = 450: decoded at a quarter
+    full = read_rgb(big)
+    assert full.size == (2400, 1800)
+    want = np.asarray(functional.resize(full, 256), dtype=float)
+    got = np.asarray(functional.resize(drafted, 256), dtype=float)
+    assert want.shape == got.shape and np.abs(want - got).mean() < 2.0  # levels of 255
+    small = _photo(tmp_path / "small.jpg", (500, 375))  # less than twice 256: decoded whole
+    assert read_rgb(small, shorter=256).size == (500, 375)
+    png = tmp_path / "big.png"
+    full.save(png)
+    assert read_rgb(png, shorter=256).size == (2400, 1800)  # draft mode is a JPEG decoder's
+
+
+def test_predict_reads_files_as_training_does(tmp_path):
+    """Transparent pixels are white and large JPEGs drafted for ``runner predict`` too, not only in training."""
+    from runner.inference import Files
+
+    rgba = Image.new("RGBA", (40, 40), (10, 200, 10, 255))
+    rgba.paste((0, 0, 0, 0), (0, 0, 20, 40))  # left half transparent (black underneath)
+    rgba.save(tmp_path / "cut_out.png")
+    big = _photo(tmp_path / "big.jpg", (2400, 1800))
+    files = Files([tmp_path / "cut_out.png", big], lambda image: image, shorter=256)
+    cut_out, _, ok = files[0]
+    assert ok and cut_out.getpixel((5, 5)) == (255, 255, 255) and cut_out.getpixel((30, 5)) == (10, 200, 10)
+    drafted, _, ok = files[1]
+    assert ok and drafted.size == read_rgb(big, shorter=256).size == (600, 450)
