@@ -57,10 +57,11 @@ def cpu_summary() -> str:
     """One line: model, usable cores (physical) and the speed flags present, e.g.
     ``AMD EPYC, 2 cores (2 physical), avx2`` -- what a benchmark figure needs beside it."""
     flags = [f for f in SPEED_FLAGS if f in cpu_flags()] or ["no avx2"]
-    return f"{cpu_model()}, {len(_usable_cpus())} cores ({physical_cores()} physical), {' '.join(flags)}"
+    return f"{cpu_model()}, {len(usable_cpus())} cores ({physical_cores()} physical), {' '.join(flags)}"
 
 
-def _usable_cpus() -> set[int]:
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity mask; all of them where that cannot be read)."""
     try:
         return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -71,7 +72,7 @@ def _usable_cpus() -> set[int]:
 def physical_cores() -> int:
     """Physical cores among the CPUs this process may use: hyper-threads of one core count once (they share its
     vector units, so a second thread per core slows convolutions down)."""
-    usable, cores = _usable_cpus(), set()
+    usable, cores = usable_cpus(), set()
     for cpu in usable:
         siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
         try:

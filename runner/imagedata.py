@@ -131,13 +131,11 @@ DECODE_THREADS = 8
 def decode_threads() -> int:
     """Threads for decoding: the CPUs this process may use (each of several torchrun processes gets its share of
     ``OMP_NUM_THREADS``), at most :data:`DECODE_THREADS`."""
+    from runner.hardware import usable_cpus  # imports torch: only when a dataset is built
+
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, min(DECODE_THREADS, int(os.environ["OMP_NUM_THREADS"])))
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
-    return max(1, min(DECODE_THREADS, usable))
+    return max(1, min(DECODE_THREADS, len(usable_cpus())))
 
 
 def drop_bad_images(split: ImageFolder, policy: str) -> list[tuple[str, str]]:

@@ -113,7 +113,10 @@ class Files(Dataset):
         return image, (self.labels[i] if self.labels else -1), ok
 
 
-def _batches(trained: Trained, dataset: Files, batch_size: int):
+def _batches(trained: Trained, files: list[Path], labels: list[int] | None, batch_size: int):
+    """Batches of ``files`` read and transformed as ``trained`` sees images, with their labels and which were read."""
+    dataset = Files(files, trained.transform(), labels, trained.preprocess.resize)
+
     def collate(items):
         good = [it for it in items if it[2]]
         images = torch.stack([it[0] for it in good]) if good else None
@@ -125,7 +128,7 @@ def _batches(trained: Trained, dataset: Files, batch_size: int):
 def predict_files(trained: Trained, files: list[Path], top_k: int = 3, batch_size: int = 32) -> list[dict]:
     """One row per file: predicted class, its probability, the top k; unreadable files get an error."""
     rows, index = [], 0
-    for images, _, oks in _batches(trained, Files(files, trained.transform(), shorter=trained.preprocess.resize), batch_size):
+    for images, _, oks in _batches(trained, files, None, batch_size):
         probs = iter(trained.probabilities(images)) if images is not None else iter(())
         for ok in oks:
             file = files[index]
@@ -183,7 +186,7 @@ def labelled_files(folder: Path, classes: list[str]) -> tuple[list[Path], list[i
 
 def evaluate(trained: Trained, files: list[Path], labels: list[int], batch_size: int = 32) -> dict:
     """Accuracy, per-class precision/recall/F1, the confusion matrix and the most confidently wrong images."""
-    batches = _batches(trained, Files(files, trained.transform(), labels, trained.preprocess.resize), batch_size)
+    batches = _batches(trained, files, labels, batch_size)
     return _scores(trained, batches, [str(f) for f in files])
 
 
