@@ -71,6 +71,9 @@ class RunInfo:
     wall_s: float | None = None
     """From summary.json when the run ended; else the sum of its epochs' seconds (train and val only)."""
     date: datetime | None = None
+    started_ns: int = 0
+    """recipe.yaml's modification time (written once, when the run starts): orders runs whose folder names carry
+    the same second."""
     problems: list[str] = field(default_factory=list)
     sweep: str | None = None
     """The sweep folder's name, for a sweep's trial."""
@@ -240,6 +243,13 @@ def _date(folder: Path) -> datetime | None:
     return None
 
 
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
 def _newest_change(folder: Path) -> float | None:
     """The newest modification time among the files a training process writes (top level of the folder)."""
     times = []
@@ -265,7 +275,7 @@ def read_run(folder: str | Path, now: float | None = None, sweep_entry: dict | N
     wall time and date, and the problems found. ``now`` (a time.time()) decides "running";
     ``sweep_entry`` is the trial's entry in its sweep's sweep.json, when it is a sweep's trial."""
     folder = Path(folder)
-    info = RunInfo(folder=folder, date=_date(folder))
+    info = RunInfo(folder=folder, date=_date(folder), started_ns=_mtime_ns(folder / "recipe.yaml"))
     if not is_run_folder(folder):
         info.kind, info.status = "other", "not a run"
         try:
@@ -418,7 +428,7 @@ def _children(folder: Path) -> list[Path]:
 
 def _newest_first(rows: list[RunInfo]) -> list[RunInfo]:
     """Runs and sweeps newest first, then what is not a run (by name)."""
-    runs = sorted((r for r in rows if r.kind != "other"), key=lambda r: (r.date or datetime.min, r.name),
+    runs = sorted((r for r in rows if r.kind != "other"), key=lambda r: (r.date or datetime.min, r.started_ns, r.name),
                   reverse=True)
     return runs + sorted((r for r in rows if r.kind == "other"), key=lambda r: r.name)
 

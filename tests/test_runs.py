@@ -32,10 +32,12 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
-def _age(folder, when=HOUR_AGO) -> None:
-    """Make a run folder look untouched for an hour (the runs were trained seconds ago)."""
+def _age(folder, when=None) -> None:
+    """Make a run folder look untouched for an hour (the runs were trained seconds ago), keeping the order its
+    files were written in; ``when`` sets every time to one moment instead."""
     for path in [folder, *folder.iterdir()]:
-        os.utime(path, (when, when))
+        moment = when if when is not None else path.stat().st_mtime - 3600
+        os.utime(path, (moment, moment))
 
 
 def _only(runs, prefix):
@@ -143,6 +145,17 @@ def test_runs_lists_each_kind_of_folder_with_its_status(runs_folder, monkeypatch
     monkeypatch.chdir(runs_folder)  # the default folder is ./runs
     again = cli.invoke(app, ["runs"], env=ENV)
     assert again.exit_code == 0 and _rows(again.stdout).keys() == rows.keys()
+
+
+def test_runs_started_in_the_same_second_are_listed_in_the_order_they_started(tmp_path):
+    """The folder names' stamps only tell seconds apart: recipe.yaml, written when a run starts, orders the rest."""
+    runs = tmp_path / "runs"
+    for name, started in (("zeta", HOUR_AGO), ("alpha", HOUR_AGO + 0.4)):
+        folder = runs / f"{name}-20250101-120000"
+        folder.mkdir(parents=True)
+        (folder / "recipe.yaml").write_text(f"name: {name}\n")
+        os.utime(folder / "recipe.yaml", (started, started))
+    assert [row.name for row in reading.scan(runs)] == ["alpha-20250101-120000", "zeta-20250101-120000"]
 
 
 def test_runs_json_round_trips_and_matches_the_library(runs_folder):
