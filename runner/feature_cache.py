@@ -278,10 +278,12 @@ def _choose_runtime(run, info: dict, total: int, trunk, trunk_head, images: torc
     if runtime is None:
         info["runtime"] = f"torch ({note})"
         return want
-    runtime(images)  # the first call of a session and batch size sets it up: not what the pass costs
-    started = time.perf_counter()
-    got = runtime(images)
-    onnx_s = time.perf_counter() - started
+    runtime(images)  # the first call of a session sets it up, and the next ones still run slow: the best of two
+    onnx_s = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        got = runtime(images)
+        onnx_s = min(onnx_s, time.perf_counter() - started)
     if not agrees(want, got):
         info["runtime"] = "torch (the ONNX trunk's features differ from torch's)"
         return want

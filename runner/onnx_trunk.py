@@ -1,10 +1,13 @@
 """The frozen trunk's one pass in ONNX Runtime, where it is faster than torch: an optional path of the feature cache.
 
-On a 2-core AVX2 EPYC, ONNX Runtime runs EfficientNet-Lite0's folded trunk at about 113 images/s against torch's
-46 (batch 16, fp32, ``bench/extract_speed.py``): its depthwise convolutions and fused kernels suit CPUs without
-bf16 hardware. The trunk (everything up to the head's input, the head replaced by an identity) is exported once
-with torch's ONNX exporter and kept under the cache folder, keyed by its weights, the input shape and the library
-versions, so every later run on the same backbone reuses it (the export takes seconds: it is paid once).
+On a 2-core AVX2 EPYC, ONNX Runtime runs EfficientNet-Lite0's folded trunk at about 100 images/s against torch's
+62 (batch 16, fp32; 77 against 57 when the loader's transforms run between batches: ``bench/onnx_export.py``):
+its depthwise convolutions and fused kernels suit CPUs without bf16 hardware. The trunk (everything up to the
+head's input, the head replaced by an identity) is exported with torch's ONNX exporter for the pass's batch shape
+and kept under the cache folder, keyed by its weights, that shape and the library versions, so every later run on
+the same backbone reuses it. The shape is fixed so that ONNX Runtime folds the shape arithmetic of "same" padding
+(TF-ported EfficientNets) into constants: exported with a dynamic batch, the same trunk ran at ~77 images/s. A
+shorter batch is padded to the shape, and the padding's outputs dropped.
 
 What it computes is checked, never assumed: the first batch runs through both torch and ONNX Runtime, the outputs
 must agree within fp32 rounding, and the faster of the two (timed on that batch) does the rest of the pass. Any
@@ -25,11 +28,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-AUTO_MIN_PASS_S = 60.0
+AUTO_MIN_PASS_S = 20.0
 """``trunk_runtime: auto`` exports a trunk not yet cached only when torch's pass would take at least this long (at
-the rate of the first batch): the export (12-16 s for EfficientNet-Lite0 on 2 cores) then clearly pays for itself
-where ONNX Runtime runs the trunk up to twice as fast (105 against 46 images/s at 224 px there; at 64 px the two
-are close, and a one-batch timing is noisy, so the margin is wide)."""
+the rate of the first batch). The export costs 2-3 s inside a run (the exporter's imports included) and ONNX
+Runtime runs a loader-fed pass ~1.35x as fast here, so it pays from a ~10 s pass on; ants/bees' extract (a ~12 s
+pass) measured the same wall time either way on its first run (``bench/startup.py``), and at 64 px the two
+runtimes are close: the margin is wide. A trunk already exported is used whatever the pass's length."""
 
 
 def available() -> bool:
@@ -57,19 +61,29 @@ def _key(module: nn.Module, shape: tuple[int, ...]) -> str:
     return h.hexdigest()[:32]
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """torch.export-based ONNX export with a dynamic batch, written through a temp file renamed into place."""
+def _export(module: nn.Module, shape: tuple[int, ...], path: Path, dynamo: bool | None = None) -> None:
+    """ONNX export for input ``shape``, written through a temp file renamed into place. torch's TorchScript-based
+    exporter first: it traces EfficientNet-Lite0's trunk in ~1.5 s on 2 cores where the torch.export-based one
+    takes ~11-15 s (``python bench/onnx_export.py``); the latter where tracing fails or the former is gone.
+    ``dynamo``: only the one exporter asked for."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with warnings.catch_warnings(), torch.inference_mode(False):  # the pass runs under inference mode; tracing cannot
-        warnings.simplefilter("ignore")
-        example = torch.zeros(2, *example.shape[1:])  # batch 2: a batch of 1 would be taken as a constant size
-        program = torch.onnx.export(module.to(memory_format=torch.contiguous_format), (example,), dynamo=True,
-                                    input_names=["images"], dynamic_shapes=({0: batch},), verbose=False)
+    module = module.to(memory_format=torch.contiguous_format)
+    example = torch.zeros(shape)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        program.save(tmp)
+        with warnings.catch_warnings(), torch.inference_mode(False):  # the pass runs under inference mode
+            warnings.simplefilter("ignore")
+            try:
+                if dynamo:
+                    raise NotImplementedError
+                torch.onnx.export(module, (example,), tmp, dynamo=False, input_names=["images"],
+                                  output_names=["features"])
+            except Exception:  # not traceable, or an exporter without the TorchScript path
+                if dynamo is False:
+                    raise
+                torch.onnx.export(module, (example,), dynamo=True, input_names=["images"],
+                                  verbose=False).save(tmp, external_data=False)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -77,34 +91,51 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 def session(trunk: nn.Module, head_name: str, example: torch.Tensor, folder: Path,
             export: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
-    """``(run, note)``: ``run(images)`` gives the head inputs of a batch through ONNX Runtime, or None with why not.
-    ``export``: export the trunk when no cached one fits (else only a cached one is used)."""
+    """``(run, note)``: ``run(images)`` gives the head inputs of images through ONNX Runtime (in batches of
+    ``example``'s size), or None with why not. ``export``: export the trunk when no cached one fits (else only a
+    cached one is used)."""
     try:
         import onnxruntime
     except ImportError:
         return None, "onnxruntime not installed (pip install 'runner-transfer[onnx]')"
     module = _trunk_only(trunk, head_name)
-    path = folder / f"{_key(module, tuple(example.shape[1:]))}.onnx"
+    shape = tuple(example.shape)
+    path = folder / f"{_key(module, shape)}.onnx"
     started = time.perf_counter()
     if not path.is_file():
         if not export:
             return None, "no exported trunk cached"
         try:
-            _export(module, example[:1].contiguous(), path)
+            _export(module, shape, path)
         except Exception as exc:  # an exporter failure means this model stays on torch, nothing worse
             return None, f"the trunk did not export to ONNX ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.log_severity_level = 3
+    # no busy-waiting between batches: the next batch's transforms need the cores (``bench/onnx_export.py --recipe``)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         runtime = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # a damaged cached file: removed, so the next run exports again
         path.unlink(missing_ok=True)
         return None, f"cached ONNX trunk {path.name} unreadable ({type(exc).__name__}); removed"
-    name = runtime.get_inputs()[0].name
     note = f"exported in {time.perf_counter() - started:.1f} s" if time.perf_counter() - started > 1 else "cached"
+    return batched(runtime), note
+
+
+def batched(runtime) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``runtime`` (an ONNX Runtime session of a fixed input shape) as a function of any number of images: run in
+    batches of that shape, the last one padded with zeros and the padding's outputs dropped."""
+    feed = runtime.get_inputs()[0]
+    size = feed.shape[0]
 
     def run(images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(runtime.run(None, {name: images.float().contiguous().numpy()})[0])
+        out = []
+        for chunk in images.float().split(size):
+            real = len(chunk)
+            if real < size:
+                chunk = torch.cat([chunk, chunk.new_zeros(size - real, *chunk.shape[1:])])
+            out.append(torch.from_numpy(runtime.run(None, {feed.name: chunk.contiguous().numpy()})[0][:real]))
+        return torch.cat(out)
 
-    return run, note
+    return run

@@ -185,3 +185,4 @@ def test_export_onnx_matches_eager_in_onnxruntime(trained):
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
     (logits,) = session.run(None, {session.get_inputs()[0].name: torch.zeros(3, 3, 160, 160).numpy()})
     assert logits.shape == (3, 2)
+    assert not list(folder.glob(".model.onnx.*")) and not list(folder.glob("*.data"))  # one self-contained file

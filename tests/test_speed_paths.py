@@ -255,14 +255,18 @@ def test_no_precision_probe_where_no_reduced_precision_path_exists(tmp_path, ima
 
 
 def test_onnxruntime_runs_the_trunk_with_the_features_torch_gives(tmp_path, imagefolder, monkeypatch):
-    """trunk_runtime: onnxruntime exports the folded trunk once (cached by its weights), its features equal torch's
-    within fp32 rounding on real images, the first batch measures both and the faster one does the pass."""
+    """trunk_runtime: onnxruntime exports the folded trunk once (cached by its weights) for the pass's batch shape,
+    its features equal torch's within fp32 rounding on real images (a short last batch padded, its padding dropped),
+    the first batch measures both and the faster one does the pass."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    import onnx
+
     from runner import onnx_trunk
 
     cache = tmp_path / "cache" / "features"
     monkeypatch.setenv("RUNNER_CACHE_DIR", str(cache))
+    monkeypatch.setattr(feature_cache, "EXTRACT_CPU_BATCH", 6)  # 16 training images: batches of 6, 6 and 4
     dataset = {"name": "imagefolder", "root": str(imagefolder), **NO_AUGMENT}
     recipe = write_recipe(tmp_path, imagefolder, dataset=dataset, cache="features", trunk_runtime="onnxruntime")
     run = engine.build(load(recipe), load_catalog())
@@ -272,6 +276,8 @@ def test_onnxruntime_runs_the_trunk_with_the_features_torch_gives(tmp_path, imag
     assert info["runtime"].startswith(("onnxruntime (", "torch (onnxruntime ")), info["runtime"]  # either may win
     assert "trunk exported in" in info["runtime"] or "trunk cached" in info["runtime"]
     (exported,) = (cache.parent / "onnx").glob("*.onnx")
+    dims = onnx.load(exported).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][:2] == [6, 3]  # a fixed shape: ONNX Runtime folds the padding arithmetic
     images = torch.stack([run.data.train[i][0] for i in range(len(run.data.train))])
     run.model.eval()
     with torch.inference_mode():
@@ -280,9 +286,12 @@ def test_onnxruntime_runs_the_trunk_with_the_features_torch_gives(tmp_path, imag
     assert labels.tolist() == list(run.data.train.targets)
     folded, _ = feature_cache.fold_batchnorm(run.model)
     head = next(name for name, module in run.model.named_modules() if module is run.backbone.head)
-    runtime, note = onnx_trunk.session(folded, head, images, cache.parent / "onnx", export=False)
+    assert onnx_trunk.session(folded, head, images, cache.parent / "onnx", export=False)[1] == (
+        "no exported trunk cached")  # cached for the batch shape it was exported for: 16 is another
+    runtime, note = onnx_trunk.session(folded, head, images[:6], cache.parent / "onnx", export=False)
     assert note == "cached" and list((cache.parent / "onnx").glob("*.onnx")) == [exported]
     assert_close_to_scale(runtime(images), want)  # ONNX Runtime's own numbers, whichever runtime won the pass
+    assert_close_to_scale(runtime(images[:3]), want[:3])  # fewer images than the exported batch
 
     run.recipe.settings.trunk_runtime = "torch"
     plain = {}
