@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field, field_validator
 
 from runner.api import (Component, Data, LoaderParams, Preprocess, RunnerError, data_cache, did_you_mean, find_root,
-                        hookimpl, resolve_workers)
+                        hookimpl, resolve_workers, to_rgb)
 
 if TYPE_CHECKING:  # numpy, torch and torchvision are imported when the dataset is built, not to list it
     from torchvision import transforms
@@ -78,10 +78,11 @@ class TorchvisionParams(LoaderParams):
 
 
 class ToRGB:
-    """Grayscale, palette, RGBA... images to 3-channel RGB (picklable, for loader worker processes)."""
+    """Grayscale, palette, RGBA, 16-bit... images to 3-channel RGB as image files are read (transparency on white,
+    16-bit scaled down: ``to_rgb``); picklable, for loader worker processes."""
 
     def __call__(self, image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)
 
     def __repr__(self) -> str:
         return "ToRGB()"

@@ -10,7 +10,7 @@ Plugins import :mod:`runner.api`. Names load on first use, so ``import runner`` 
 """
 from __future__ import annotations
 
-import importlib
+from runner.lazy import lazy_names
 
 __version__ = "0.2.0"
 
@@ -22,13 +22,7 @@ _NAMES = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str):
-    module = _NAMES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'runner' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _NAMES)
 
 
 def __dir__() -> list[str]:

@@ -15,25 +15,25 @@ every name (and a test keeps it in step with this module).
 """
 from __future__ import annotations
 
-import importlib
-
 from runner.types import (Backbone, Component, Data, FreezePlan, LayerGroup, Params, Preprocess, Schedule,
                                Section, default_layer_groups, find_head, replace_last_linear)
 from runner.errors import PluginError, RunnerError, did_you_mean
 from runner.freezing import (FreezeParams, freeze, freeze_plan, hold_batchnorm_eval, is_held, release_batchnorm,
                              unfreeze)
 from runner.hookspecs import hookimpl
+from runner.lazy import lazy_names
 from runner.lifecycle import RunView
 
-API_VERSION = "1.1"
-"""The plugin API's version, ``major.minor``. 1.1 added ``read_rgb(..., shorter=N)`` (JPEG draft-mode decoding)."""
+API_VERSION = "1.2"
+"""The plugin API's version, ``major.minor``. 1.1 added ``read_rgb(..., shorter=N)`` (JPEG draft-mode decoding);
+1.2 ``to_rgb`` (a PIL image as training sees it)."""
 
 # names whose modules import torch, torchvision or matplotlib: loaded on first use, so importing the API is cheap
 _LAZY = {
     "LoaderParams": "runner.imagedata", "ImageFileParams": "runner.imagedata", "ImageFolder": "runner.imagedata",
     "image_transforms": "runner.imagedata", "finish_image_files": "runner.imagedata",
     "resolve_workers": "runner.imagedata",
-    "read_rgb": "runner.images", "walk_files": "runner.images", "BadImage": "runner.images",
+    "read_rgb": "runner.images", "to_rgb": "runner.images", "walk_files": "runner.images", "BadImage": "runner.images",
     "find_root": "runner.datafiles", "search_path": "runner.datafiles", "data_cache": "runner.datafiles",
     "load_state_dict": "runner.weights", "load_strict": "runner.weights",
     "pyplot": "runner.figures", "save_figure": "runner.figures",
@@ -65,13 +65,7 @@ def require(version: str) -> None:
                              ": the plugin was written for an older runner; upgrade the plugin"))
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'runner.api' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     import torch
 
     from runner.inference import Trained
-    from runner.workflow import Model
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 """The largest image file accepted (20 MiB); larger ones are refused with 413."""
@@ -348,9 +347,10 @@ class BodyLimit:
                 await self._refuse(send)
 
 
-def create_app(model: "Model", *, checkpoint: str | Path | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
+def create_app(trained: "Trained", *, checkpoint: str | Path | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
                max_bytes: int = DEFAULT_MAX_BYTES, top: int = 3, on_ready: Callable[[], None] | None = None):
-    """The FastAPI app serving ``model`` (a :class:`runner.workflow.Model`); ``checkpoint``: its file, for
+    """The FastAPI app serving ``trained`` (a checkpoint loaded by :func:`runner.inference.load_trained`, what
+    :class:`runner.workflow.Model` wraps); ``checkpoint``: its file, for
     /v1/model's sha256 (default: best.pt of the model's folder). ``on_ready`` is called once the worker runs."""
     require_extra()
     from fastapi import FastAPI, File, Query, Request, UploadFile
@@ -360,7 +360,6 @@ def create_app(model: "Model", *, checkpoint: str | Path | None = None, max_batc
     from starlette.exceptions import HTTPException
 
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a cut-off upload is an error, never a half-grey image
-    trained = model._trained
     checkpoint = Path(checkpoint) if checkpoint is not None else trained.folder / "best.pt"
     digest = sha256_of(checkpoint)
     transform = trained.transform()
@@ -524,26 +523,28 @@ def serve(ref: str | Path, host: str = "127.0.0.1", port: int = 8000, max_batch:
     import uvicorn
     from PIL import Image
 
-    from runner import workflow
+    from runner import inference, session
 
     sock = bind(host, port)  # before the model loads: a port in use fails at once
     try:
-        model = workflow.load(ref, device=device, tta=tta, plugins=plugins, warn=warn)
-        # decode() refuses anything over MAX_PIXELS, below PIL's own warning threshold: its warning would be noise
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        catalog = session.catalog(*session.split_plugins(plugins), warn=warn)
+        trained = inference.load_trained(ref, catalog, device=device, tta=tta)
         where = sock.getsockname()
         shown = f"[{where[0]}]" if sock.family == socket.AF_INET6 else where[0]
         url = f"http://{shown}:{where[1]}"
-        trained = model._trained
         dtype = str(trained.dtype or "float32").replace("torch.", "")
-        app = create_app(model, checkpoint=checkpoint_file(ref), max_batch=max_batch, max_wait_ms=max_wait_ms,
+        app = create_app(trained, checkpoint=checkpoint_file(ref), max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_bytes=max_bytes, top=top,
                          on_ready=lambda: announce(
-                             f"serving {checkpoint_file(ref)} ({len(model.classes)} classes, {trained.device}, {dtype},"
-                             f" batches up to {max_batch} within {max_wait_ms:g} ms) at {url}; POST images to "
-                             f"{url}/v1/predict, docs at {url}/docs; Ctrl-C stops"))
+                             f"serving {checkpoint_file(ref)} ({len(trained.classes)} classes, {trained.device}, "
+                             f"{dtype}, batches up to {max_batch} within {max_wait_ms:g} ms) at {url}; POST images "
+                             f"to {url}/v1/predict, docs at {url}/docs; Ctrl-C stops"))
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run(sockets=[sock])
+        # decode() refuses anything over MAX_PIXELS, below PIL's own warning threshold: its warning would be noise.
+        # Set for the server's life (entered before its threads start, left after they end), then put back.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+            uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()

@@ -18,6 +18,12 @@ from runner.recipes import load as load_recipe
 Warn = Callable[[str], None]
 
 
+def split_plugins(plugins: Sequence) -> tuple[list[str], list]:
+    """``plugins`` as the Python API takes them (files or modules by name, and plugin objects): (names, objects)."""
+    refs = [str(p) for p in plugins if isinstance(p, (str, Path))]
+    return refs, [p for p in plugins if not isinstance(p, (str, Path))]
+
+
 def catalog(plugins: Sequence[str] = (), objects: Sequence = (), strict: bool = False,
             warn: Warn | None = None, lenient: bool = False) -> Catalog:
     """Every plugin's components; installed plugins that fail are left out and passed to ``warn``; ``plugins``

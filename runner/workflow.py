@@ -35,20 +35,15 @@ def recipe(ref: str | Path, overrides: Mapping[str, Any] | Sequence[str] | None 
     return _load(ref, overrides, plugins)[0]
 
 
-def _split_plugins(plugins: Sequence[Any]) -> tuple[list[str], list[Any]]:
-    refs = [str(p) for p in plugins if isinstance(p, (str, Path))]
-    return refs, [p for p in plugins if not isinstance(p, (str, Path))]
-
-
 def _load(ref, overrides, plugins, warn=None):
     from runner import session
 
     if isinstance(ref, Recipe):
         if overrides:
             raise RunnerError("give overrides when loading the recipe: runner.recipe(path, overrides=...)")
-        refs, objects = _split_plugins(plugins)
+        refs, objects = session.split_plugins(plugins)
         return ref, session.catalog([*refs, *ref.plugin_refs()], objects, warn=warn)
-    refs, objects = _split_plugins(plugins)
+    refs, objects = session.split_plugins(plugins)
     return session.load(ref, overrides_of(overrides), refs, objects, label="overrides", warn=warn)
 
 
@@ -68,7 +63,7 @@ def components(kind: str | None = None, plugins: Sequence[Any] = ()) -> list[dic
     if kind is not None and kind not in KINDS:
         from runner.errors import did_you_mean
         raise RunnerError(f"unknown component kind '{kind}'{did_you_mean(kind, KINDS)}; kinds: {', '.join(KINDS)}")
-    refs, objects = _split_plugins(plugins)
+    refs, objects = session.split_plugins(plugins)
     catalog = session.catalog(refs, objects)
     rows = []
     for k in [kind] if kind else KINDS:
@@ -111,7 +106,7 @@ def run(recipe_or_ref: Recipe | str | Path, overrides: Mapping[str, Any] | Seque
     ``<output>/<name>-seeds-<time>`` folder) and returns the aggregate also written there as ``seeds.json``:
     ``best_val_acc`` and ``final_val_acc`` as ``{"mean", "std", "min", "max", "n"}`` (std: sample, n-1), ``runs``
     (each seed's figures and folder), ``folder``, and ``results``, the runs' :class:`Result` objects."""
-    from runner import engine, session
+    from runner import session
 
     if seeds is not None:
         import dataclasses
@@ -130,7 +125,7 @@ def run(recipe_or_ref: Recipe | str | Path, overrides: Mapping[str, Any] | Seque
         aggregate = seed_summary([r.summary for r in results], folder, first.name)
         return {**aggregate, "results": results}
     if resume is not None:
-        refs, objects = _split_plugins(plugins)
+        refs, objects = session.split_plugins(plugins)
         loaded, catalog, _ = session.load_run_folder(resume, refs, objects)
     else:
         loaded, catalog = _load(recipe_or_ref, overrides, plugins)
@@ -216,8 +211,10 @@ class Model:
         if all(isinstance(i, (str, Path)) for i in images):
             files = inference.image_files([str(i) for i in images])
             return inference.predict_files(self._trained, files, top_k, batch_size)
+        from runner.images import to_rgb
+
         transform = self._trained.transform()
-        batch = torch.stack([transform(image.convert("RGB")) for image in images])
+        batch = torch.stack([transform(to_rgb(image)) for image in images])  # as training reads image files
         return [self._row(p, top_k) for p in self._trained.probabilities(batch)]
 
     def _row(self, probs, top_k: int) -> dict[str, Any]:
@@ -264,6 +261,6 @@ def load(ref: str | Path, device: str = "auto", tta: str | None = None, plugins:
     is called with each installed plugin that failed to load."""
     from runner import inference, session
 
-    refs, objects = _split_plugins(plugins)
+    refs, objects = session.split_plugins(plugins)
     catalog = session.catalog(refs, objects, warn=warn)
     return Model(inference.load_trained(ref, catalog, device=device, tta=tta), catalog)

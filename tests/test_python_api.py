@@ -74,6 +74,30 @@ def test_load_predict_equals_predict_json(api_run):
     assert from_pil["probability"] == pytest.approx(rows[0]["probability"], abs=1e-5)
 
 
+def test_pil_images_are_made_rgb_as_image_files_are(api_run, tmp_path):
+    """A transparent PIL image handed to predict is composited on white, as training and ``runner predict`` read
+    its file (``convert("RGB")`` would show the colour hidden under the transparency); the torchvision datasets'
+    RGB conversion is the same ``runner.api.to_rgb``."""
+    from runner.api import to_rgb
+    from runner_plugins.torchvision_datasets import ToRGB
+
+    _, _, result, _ = api_run
+    rgba = Image.new("RGBA", (48, 40), (40, 40, 220, 255))
+    rgba.paste((220, 40, 40, 0), (0, 0, 30, 40))  # most of it transparent, red underneath
+    rgba.save(tmp_path / "cut_out.png")
+    model = runner.load(result.folder)
+    (from_pil,) = model.predict([rgba])
+    (from_file,) = model.predict([str(tmp_path / "cut_out.png")])
+    (hidden,) = model.predict([rgba.convert("RGB")])
+    def probabilities(row):
+        return dict(row["top"])
+
+    assert probabilities(from_pil) == pytest.approx(probabilities(from_file), abs=1e-6)
+    assert probabilities(from_pil) != pytest.approx(probabilities(hidden), abs=1e-4)
+    assert to_rgb(rgba).getpixel((5, 5)) == ToRGB()(rgba).getpixel((5, 5)) == (255, 255, 255)
+    assert ToRGB()(rgba).getpixel((40, 5)) == (40, 40, 220)
+
+
 def test_evaluate_matches_the_cli_and_export_writes_a_checked_program(api_run, tmp_path):
     _, _, result, _ = api_run
     model = runner.load(result.folder)

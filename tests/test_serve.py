@@ -174,13 +174,17 @@ def test_model_endpoint_and_docs(served):
 def test_batcher_runs_queued_images_as_one_pass_equal_to_predict(served, tta):
     from runner import serve
 
+    from runner.inference import load_trained
+    from runner.plugins import load_catalog
+
     model = runner.load(served.folder, tta=tta)
     expected = model.predict([str(f) for f in served.files])
-    transform = model._trained.transform()
+    trained = load_trained(served.folder, load_catalog(), tta=tta)
+    transform = trained.transform()
     images = [transform(serve.decode(f.read_bytes())) for f in served.files]
 
     async def run():
-        batcher = serve.Batcher(model._trained, max_batch=32, max_wait_ms=200)
+        batcher = serve.Batcher(trained, max_batch=32, max_wait_ms=200)
         await batcher.start()
         try:
             return await asyncio.gather(*(batcher.submit([image]) for image in images)), batcher.stats
