@@ -9,6 +9,7 @@
     python bench/compare.py --device cuda        # the same on a GPU (the tutorial loop takes cuda:0 by itself)
     python bench/compare.py --quick              # seconds: 1 epoch on a small generated set (CI smoke)
     python bench/compare.py --seeds 3            # each recipe with seeds 0, 1, 2: accuracy as mean ± std
+    python bench/compare.py --methods gradual --own-epochs   # gradual.yaml for its own 10 epochs, not the loop's 25
 
 Prints the CPU it ran on (model, cores, avx2 / avx512_bf16 / amx flags; the GPU with --device cuda), then a table
 (wall s, images/s, best val acc, the precision each run chose, peak memory, time as a fraction of the reference's)
@@ -184,6 +185,9 @@ def main() -> None:
     p.add_argument("--reference-acc", type=float, default=None, help="with --reference-wall: its best val acc")
     p.add_argument("--quick", action="store_true", help="1 epoch on a small generated set")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--own-epochs", action="store_true",
+                   help="run every recipe for the epochs it sets (by default all but the _fast ones run --epochs, "
+                        "the loop's)")
     p.add_argument("--seeds", type=int, default=1, help="run each recipe with seeds 0..N-1: mean wall time, best and "
                                                         "final val acc as mean ± std")
     args = p.parse_args()
@@ -213,7 +217,8 @@ def main() -> None:
                 references[mode] = ref
                 rows.append({"method": mode, "who": "tutorial loop", "images": n_train, **ref})
             ref = references[mode]
-            runs = [ours(f"recipes/{method}.yaml", data, None if method.endswith("_fast") else epochs,
+            own = args.own_epochs or method.endswith("_fast")
+            runs = [ours(f"recipes/{method}.yaml", data, None if own else epochs,
                          [*args.overrides, f"seed={seed}"], args.device) for seed in range(args.seeds)]
             mine = over_seeds(runs)
             rows.append({"method": method, "who": f"runner {method}.yaml", "images": n_train, **mine,
