@@ -51,17 +51,12 @@ def best_rates(runtimes: dict, batches, repeat: int) -> dict[str, float]:
     return {name: count / seconds for name, seconds in best.items()}
 
 
-def ort_runtime(path: Path, threads: int, spinning: bool = True):
-    import onnxruntime
+def ort_runtime(path: Path, spinning: bool = True):
     import torch
 
     from runner import onnx_trunk
 
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_trunk.open_session(path, spinning)
     if isinstance(session.get_inputs()[0].shape[0], int):
         return onnx_trunk.batched(session)
     feed = session.get_inputs()[0].name
@@ -88,7 +83,6 @@ def dynamic_batch(module, shape, path: Path) -> None:
 
 def loader_fed(recipe: str, folder: Path, repeat: int) -> list[dict]:
     """Passes over the recipe's training split, batches from its loader, per runtime."""
-    import torch
     from torch.utils.data import DataLoader
 
     from runner import engine, feature_cache, hardware, onnx_trunk, session
@@ -103,9 +97,8 @@ def loader_fed(recipe: str, folder: Path, repeat: int) -> list[dict]:
     path = folder / "recipe-trunk.onnx"
     batch = feature_cache.extraction_batch(run)
     onnx_trunk._export(copy.deepcopy(trunk), (batch, *run.data.train[0][0].shape), path)
-    threads = torch.get_num_threads()
-    runtimes = {"torch": torch_runtime(trunk), "onnxruntime, spinning on": ort_runtime(path, threads, True),
-                "onnxruntime, spinning off": ort_runtime(path, threads, False)}
+    runtimes = {"torch": torch_runtime(trunk), "onnxruntime, spinning on": ort_runtime(path, True),
+                "onnxruntime, spinning off": ort_runtime(path, False)}
     hardware.keep_freed_memory()  # the environment of a run's pass (feature_cache.extract)
     with hardware.compute_threads(run.device):
         rates = best_rates(runtimes, lambda: (images for images, _ in loader), repeat)
@@ -155,7 +148,7 @@ def main() -> None:
                 rows[name] = {"failed": f"{type(exc).__name__}: {str(exc)[:100]}"}
                 continue
             export_s = time.perf_counter() - started
-            runtimes[name] = ort_runtime(path, torch.get_num_threads())
+            runtimes[name] = ort_runtime(path)
             with torch.inference_mode():
                 rows[name] = {"export_s": round(export_s, 2), "max_diff": float((runtimes[name](images) - want)
                                                                                  .abs().max())}

@@ -333,25 +333,16 @@ def export(trained: Trained, batch: torch.Tensor, fmt: str, out: Path) -> float:
         except ImportError:
             raise RunnerError(f"ONNX export needs the onnx extra: pip install '{DISTRIBUTION}[onnx]' "
                               "(onnx, onnxscript, onnxruntime)") from None
-        import os
-        import tempfile
+        from runner.runfolder import save_bytes
 
         example = batch if len(batch) > 1 else batch.repeat(2, 1, 1, 1)  # a batch of 1 would be fixed at 1
-        # the exporter writes a file where it is told: a temp file beside ``out``, renamed over it once complete,
-        # so an interrupted export never tears an earlier model.onnx
-        fd, tmp = tempfile.mkstemp(dir=Path(out).parent, prefix=f".{Path(out).name}.")
-        os.close(fd)
-        try:
-            torch.onnx.export(model, (example,), tmp, input_names=["images"], output_names=["logits"], dynamo=True,
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},), verbose=False,
-                              external_data=False)
-            model_proto = onnx.load(tmp)
-            entry = model_proto.metadata_props.add()
-            entry.key, entry.value = "runner", meta
-            onnx.save(model_proto, tmp)
-            os.replace(tmp, out)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"], dynamo=True,
+                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},),
+                                    verbose=False)
+        model_proto = program.model_proto  # weights inline: one self-contained file, written atomically
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = "runner", meta
+        save_bytes(model_proto.SerializeToString(), out)
         session = onnxruntime.InferenceSession(str(out))
         exported = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
     return float((exported - eager).abs().max())

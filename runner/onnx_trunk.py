@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
-import tempfile
+import io
 import time
 import warnings
 from pathlib import Path
@@ -61,32 +60,39 @@ def _key(module: nn.Module, shape: tuple[int, ...]) -> str:
     return h.hexdigest()[:32]
 
 
+def _traced(module: nn.Module, example: torch.Tensor) -> bytes:
+    """The ONNX file of torch's TorchScript-based exporter."""
+    buffer = io.BytesIO()
+    torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["images"], output_names=["features"])
+    return buffer.getvalue()
+
+
+def _exported(module: nn.Module, example: torch.Tensor) -> bytes:
+    """The ONNX file of torch's torch.export-based exporter, weights inline."""
+    program = torch.onnx.export(module, (example,), dynamo=True, input_names=["images"], verbose=False)
+    return program.model_proto.SerializeToString()
+
+
 def _export(module: nn.Module, shape: tuple[int, ...], path: Path, dynamo: bool | None = None) -> None:
-    """ONNX export for input ``shape``, written through a temp file renamed into place. torch's TorchScript-based
-    exporter first: it traces EfficientNet-Lite0's trunk in ~1.5 s on 2 cores where the torch.export-based one
-    takes ~11-15 s (``python bench/onnx_export.py``); the latter where tracing fails or the former is gone.
-    ``dynamo``: only the one exporter asked for."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """ONNX export for input ``shape``, written atomically. torch's TorchScript-based exporter first: it traces
+    EfficientNet-Lite0's trunk in ~1.5 s on 2 cores where the torch.export-based one takes ~11-15 s (``python
+    bench/onnx_export.py``); the latter where tracing fails or the former is gone. ``dynamo``: only the one
+    exporter asked for."""
+    from runner.runfolder import save_bytes
+
     module = module.to(memory_format=torch.contiguous_format)
     example = torch.zeros(shape)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False):  # the pass runs under inference mode
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings(), torch.inference_mode(False):  # the pass runs under inference mode
+        warnings.simplefilter("ignore")
+        if dynamo is None:
             try:
-                if dynamo:
-                    raise NotImplementedError
-                torch.onnx.export(module, (example,), tmp, dynamo=False, input_names=["images"],
-                                  output_names=["features"])
+                data = _traced(module, example)
             except Exception:  # not traceable, or an exporter without the TorchScript path
-                if dynamo is False:
-                    raise
-                torch.onnx.export(module, (example,), dynamo=True, input_names=["images"],
-                                  verbose=False).save(tmp, external_data=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+                data = _exported(module, example)
+        else:
+            data = (_exported if dynamo else _traced)(module, example)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_bytes(data, path)
 
 
 def session(trunk: nn.Module, head_name: str, example: torch.Tensor, folder: Path,
@@ -95,7 +101,7 @@ def session(trunk: nn.Module, head_name: str, example: torch.Tensor, folder: Pat
     ``example``'s size), or None with why not. ``export``: export the trunk when no cached one fits (else only a
     cached one is used)."""
     try:
-        import onnxruntime
+        import onnxruntime  # noqa: F401
     except ImportError:
         return None, "onnxruntime not installed (pip install 'runner-transfer[onnx]')"
     module = _trunk_only(trunk, head_name)
@@ -109,18 +115,25 @@ def session(trunk: nn.Module, head_name: str, example: torch.Tensor, folder: Pat
             _export(module, shape, path)
         except Exception as exc:  # an exporter failure means this model stays on torch, nothing worse
             return None, f"the trunk did not export to ONNX ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3
-    # no busy-waiting between batches: the next batch's transforms need the cores (``bench/onnx_export.py --recipe``)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        runtime = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        runtime = open_session(path)
     except Exception as exc:  # a damaged cached file: removed, so the next run exports again
         path.unlink(missing_ok=True)
         return None, f"cached ONNX trunk {path.name} unreadable ({type(exc).__name__}); removed"
     note = f"exported in {time.perf_counter() - started:.1f} s" if time.perf_counter() - started > 1 else "cached"
     return batched(runtime), note
+
+
+def open_session(path: Path, spinning: bool = False):
+    """An ONNX Runtime CPU session of ``path`` on torch's threads. ``spinning``: let its threads busy-wait between
+    calls (off: in a pass the next batch's transforms need the cores, ``bench/onnx_export.py --recipe``)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def batched(runtime) -> Callable[[torch.Tensor], torch.Tensor]:
