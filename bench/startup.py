@@ -7,7 +7,9 @@ Each mark is seconds since the process started (``/proc/self/stat``'s start time
 functions, so the same script times an older checkout (``PYTHONPATH=old_checkout``) as long as those names exist:
 imports done, recipe and plugins loaded, backbone built, first image decoded, build done (dataset preloaded,
 precision decided), features extracted, epochs done, exit. The fixed cost of a run is everything before the
-first image is decoded. Each run starts with an empty feature cache.
+first image is decoded. Each run starts with an empty feature cache; the runs share one ONNX trunk folder, empty
+when the benchmark starts (as a user's ``~/.cache/runner/onnx`` is kept between runs; ``--fresh-export``: one per
+run), and the trunk runtime each run used is printed under the table.
 """
 from __future__ import annotations
 
@@ -94,6 +96,9 @@ def timeline(recipe: str, overrides: list[str], output: str) -> dict:
         if exc.code not in (0, None):
             raise
     mark("exit")
+    summaries = list(Path(output).glob("*/summary.json"))
+    if summaries:
+        marks["cache"] = json.loads(summaries[0].read_text()).get("cache", "")
     return marks
 
 
@@ -102,6 +107,7 @@ def main() -> None:
     p.add_argument("recipe", nargs="?", default="recipes/extract.yaml")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--fresh-export", action="store_true", help="an empty ONNX trunk folder for each run")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -120,17 +126,22 @@ def main() -> None:
     if "RUNNER_DATA_PATH" not in env and shared.is_dir():
         env["RUNNER_DATA_PATH"] = str(shared)
     runs = []
-    for _ in range(args.runs):
-        out = subprocess.run([sys.executable, __file__, args.recipe, "--child",
-                              *sum([["--set", o] for o in args.overrides], [])],
-                             env=env, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(out.stderr[-3000:])
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    with tempfile.TemporaryDirectory() as exports:
+        for run in range(args.runs):
+            env["RUNNER_ONNX_CACHE"] = str(Path(exports) / (str(run) if args.fresh_export else "shared"))
+            out = subprocess.run([sys.executable, __file__, args.recipe, "--child",
+                                  *sum([["--set", o] for o in args.overrides], [])],
+                                 env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(out.stderr[-3000:])
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    notes = [r.pop("cache", "") for r in runs]
     names = list(runs[0])
     print(f"{'mark':>26}  " + "  ".join(f"run {i + 1:>2}" for i in range(len(runs))) + "   (s since process start)")
     for name in names:
         print(f"{name:>26}  " + "  ".join(f"{r.get(name, float('nan')):6.2f}" for r in runs))
+    for i, note in enumerate(notes):
+        print(f"run {i + 1}: feature cache {note}")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 

@@ -274,7 +274,7 @@ def _choose_runtime(run, info: dict, total: int, trunk, trunk_head, images: torc
         torch_s = time.perf_counter() - started
     export = total < 0 or torch_s / len(images) * total >= onnx_trunk.AUTO_MIN_PASS_S
     name = next(n for n, m in trunk.named_modules() if m is trunk_head)
-    runtime, note = onnx_trunk.session(trunk, name, images, cache_dir().parent / "onnx", export)
+    runtime, note = onnx_trunk.session(trunk, name, images, onnx_trunk.cache_dir(), export)
     if runtime is None:
         info["runtime"] = f"torch ({note})"
         return want

@@ -4,8 +4,8 @@ On a 2-core AVX2 EPYC, ONNX Runtime runs EfficientNet-Lite0's folded trunk at ab
 62 (batch 16, fp32; 77 against 57 when the loader's transforms run between batches: ``bench/onnx_export.py``):
 its depthwise convolutions and fused kernels suit CPUs without bf16 hardware. The trunk (everything up to the
 head's input, the head replaced by an identity) is exported with torch's ONNX exporter for the pass's batch shape
-and kept under the cache folder, keyed by its weights, that shape and the library versions, so every later run on
-the same backbone reuses it. The shape is fixed so that ONNX Runtime folds the shape arithmetic of "same" padding
+and kept (:func:`cache_dir`), keyed by its weights, that shape and the library versions, so every later run on the
+same backbone reuses it. The shape is fixed so that ONNX Runtime folds the shape arithmetic of "same" padding
 (TF-ported EfficientNets) into constants: exported with a dynamic batch, the same trunk ran at ~77 images/s. A
 shorter batch is padded to the shape, and the padding's outputs dropped.
 
@@ -27,12 +27,23 @@ from typing import Callable
 import torch
 from torch import nn
 
-AUTO_MIN_PASS_S = 20.0
+AUTO_MIN_PASS_S = 8.0
 """``trunk_runtime: auto`` exports a trunk not yet cached only when torch's pass would take at least this long (at
-the rate of the first batch). The export costs 2-3 s inside a run (the exporter's imports included) and ONNX
-Runtime runs a loader-fed pass ~1.35x as fast here, so it pays from a ~10 s pass on; ants/bees' extract (a ~12 s
-pass) measured the same wall time either way on its first run (``bench/startup.py``), and at 64 px the two
-runtimes are close: the margin is wide. A trunk already exported is used whatever the pass's length."""
+the rate of the first batch). The export costs ~2 s inside a run (the exporter's imports included) and ONNX Runtime
+runs a loader-fed pass ~1.35x as fast here, so a first run that exports ends in about the time torch's would from a
+~8 s pass on (ants/bees' extract, a ~12 s pass, measured the same wall time either way: ``bench/startup.py``), and
+the export is kept (:func:`cache_dir`, beside the feature cache, not in it): every later run on the same backbone,
+whatever its dataset, runs its pass ~1/4 faster. A trunk already exported is used whatever the pass's length."""
+
+
+def cache_dir() -> Path:
+    """Where exported trunks are kept: ``$RUNNER_ONNX_CACHE``, default ``onnx`` beside the feature cache folder
+    (``~/.cache/runner/onnx``). Emptying the feature cache keeps them: they depend on the weights only."""
+    import os
+
+    from runner.feature_cache import cache_dir as features
+
+    return Path(os.environ.get("RUNNER_ONNX_CACHE") or features().parent / "onnx")
 
 
 def available() -> bool:

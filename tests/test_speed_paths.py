@@ -10,6 +10,7 @@ from torch import nn
 
 from conftest import TINY_BACKBONE
 from runner import engine, feature_cache, folding, hardware
+from runner.engine.build import use_cached_features
 from runner.plugins import load_catalog
 from runner.recipes import load
 from test_engine import write_recipe
@@ -309,3 +310,29 @@ def test_auto_exports_the_trunk_only_for_a_pass_that_pays_for_it(tmp_path, image
     info = {}
     feature_cache.extract(run, run.data.val, 1, info=info)  # a handful of images: no export, torch
     assert info["runtime"] == "torch (no exported trunk cached)" and not (cache.parent / "onnx").exists()
+
+
+def test_an_exported_trunk_outlives_the_feature_cache_and_any_pass_uses_it(tmp_path, imagefolder, monkeypatch):
+    """The export is a compiled form of the weights, not features: kept in $RUNNER_ONNX_CACHE (default: beside the
+    feature cache), so a run after the feature cache was emptied, even one with a pass too short to pay for an
+    export, runs its trunk from the kept file."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import shutil
+
+    features, exports = tmp_path / "cache" / "features", tmp_path / "exports"
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(features))
+    monkeypatch.setenv("RUNNER_ONNX_CACHE", str(exports))
+    dataset = {"name": "imagefolder", "root": str(imagefolder), **NO_AUGMENT}
+    first = write_recipe(tmp_path, imagefolder, dataset=dataset, cache="features", trunk_runtime="onnxruntime")
+    run = engine.build(load(first), load_catalog())
+    note = use_cached_features(run)  # the whole cached path: features written to the feature cache
+    assert "trunk exported in" in note or "trunk cached" in note, note
+    assert len(list(exports.glob("*.onnx"))) == 1 and list(features.glob("*.pt"))
+    assert not list(tmp_path.glob("cache/**/*.onnx"))
+
+    shutil.rmtree(tmp_path / "cache")
+    run = engine.build(load(write_recipe(tmp_path, imagefolder, dataset=dataset, cache="features")), load_catalog())
+    info = {}
+    feature_cache.extract(run, run.data.val, 1, info=info)  # auto, a handful of images: no export of its own
+    assert "trunk cached" in info["runtime"], info["runtime"]
