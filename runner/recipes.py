@@ -46,7 +46,7 @@ class Settings(Params):
         "auto", description="what runs the frozen trunk's one pass of a cached run on a CPU in fp32: onnxruntime "
                             "(the onnx extra; the exported trunk is cached and checked against torch on the first "
                             "batch, and the faster of the two does the pass); auto: onnxruntime when installed and "
-                            "the exported trunk is cached or torch's pass would take 8 s or more; torch: always "
+                            "the exported trunk is cached or torch's pass would take 6 s or more; torch: always "
                             "torch")
     compile: bool = Field(False, description="torch.compile the model for training and validation (pays on "
                                              "long runs: compiling takes a minute or more)")
