@@ -130,3 +130,41 @@ def test_a_failed_write_says_whether_the_disk_is_full_or_the_folder_unwritable(t
     assert info.value.problems == [f"cannot write {target} (No space left on device): is the disk full? the "
                                    "previous one is intact"]
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_an_unwritable_or_damaged_onnx_trunk_folder_leaves_the_pass_in_torch(tmp_path, imagefolder, monkeypatch):
+    """The kept ONNX trunk is an optimisation: a folder it cannot be written to, or a kept file that is not an ONNX
+    model, leaves the pass in torch (with the reason in the run's note; a damaged file removed, so the next run
+    exports again), and the features are torch's."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "features"))
+    data = {"name": "imagefolder", "root": str(imagefolder), **NO_AUGMENT}
+
+    def pass_over_val(trunk_runtime):
+        recipe = write_recipe(tmp_path, imagefolder, dataset=data, cache="features", trunk_runtime=trunk_runtime)
+        run = engine.build(load(recipe), load_catalog())
+        info = {}
+        features, _ = feature_cache.extract(run, run.data.val, 1, info=info)
+        images = torch.stack([run.data.val[i][0] for i in range(len(run.data.val))])
+        run.model.eval()
+        with torch.inference_mode():
+            want = feature_cache.head_inputs(run.model, run.backbone.head, images)
+        assert torch.allclose(features[0], want, atol=1e-4 * max(1.0, float(want.abs().max()))), info
+        return info["runtime"]
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RUNNER_ONNX_CACHE", str(blocker / "onnx"))
+    runtime = pass_over_val("onnxruntime")
+    assert runtime.startswith("torch (the trunk did not export to ONNX ("), runtime
+    assert blocker.read_text() == "not a folder"
+
+    kept = tmp_path / "onnx"
+    monkeypatch.setenv("RUNNER_ONNX_CACHE", str(kept))
+    pass_over_val("onnxruntime")
+    (exported,) = kept.glob("*.onnx")
+    exported.write_bytes(b"\x08\x07 not a model")
+    runtime = pass_over_val("auto")
+    assert runtime.startswith(f"torch (cached ONNX trunk {exported.name} unreadable ("), runtime
+    assert not exported.exists()
