@@ -68,10 +68,12 @@ def hymenoptera() -> Path:
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
-    """No test reaches the network: any URL goes to a closed loopback port; torch's cache is the test's own."""
+    """No test reaches the network: any URL goes to a closed loopback port; torch's and runner's caches are the
+    test's own."""
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setenv("RUNNER_DATA_HOME", str(tmp_path / "data-home"))
     monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "feature-cache"))
+    monkeypatch.delenv("RUNNER_ONNX_CACHE", raising=False)  # exported trunks beside the test's own feature cache
     monkeypatch.delenv("RUNNER_DATA_PATH", raising=False)
