@@ -139,7 +139,7 @@ def test_runs_lists_each_kind_of_folder_with_its_status(runs_folder, monkeypatch
     assert "finished" in by_prefix["recipe-lr0.01-"] and "└" in by_prefix["recipe-lr0.01-"]
     assert "diverged" in by_prefix["recipe-lr1e30-"] and "sweep.json" in by_prefix["recipe-lr1e30-"]
     # newest first: the runs trained in this module, in the order they ran, before the hand-made older ones
-    order = [name.split("-2")[0] for name in rows if name != "run"]
+    order = [reading.STAMP.sub("", name) for name in rows if name != "run"]
     assert order.index("diverged") < order.index("interrupted") < order.index("lr-b") < order.index("lr-a")
     assert order.index("lr-a") < order.index("torn-metrics") < order.index("garbage-best") < order.index("nan")
     monkeypatch.chdir(runs_folder)  # the default folder is ./runs
@@ -166,7 +166,7 @@ def test_runs_json_round_trips_and_matches_the_library(runs_folder):
     rows = json.loads(result.stdout)
     assert rows == [row.to_dict() for row in reading.flat_rows(reading.scan(runs))]
     assert json.loads(json.dumps(rows)) == rows
-    by = {row["name"].rsplit("-2", 1)[0]: row for row in rows}
+    by = {reading.STAMP.sub("", row["name"]): row for row in rows}  # "lr-a-20261201-201502" -> "lr-a"
     finished = by["lr-a"]
     metrics = [json.loads(line) for line in (runs / finished["name"] / "metrics.jsonl").read_text().splitlines()]
     assert finished["status"] == "finished" and finished["epochs_done"] == finished["epochs"] == 2
