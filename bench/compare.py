@@ -107,15 +107,13 @@ def ours(recipe: str, data: Path, epochs: int | None, overrides: list[str], devi
         summary = json.loads(summary_file.read_text())
     return {"best_val_acc": summary["best_val_acc"], "final_val_acc": summary.get("final_val_acc"),
             "wall_s": wall, "peak_mib": rss, "cache": summary["cache"], "epochs": summary["epochs_run"],
-            "precision": summary["precision"], "runtime": trunk_runtime(summary["cache"])}
+            "precision": summary["precision"], "runtime": trunk_runtime(summary)}
 
 
-def trunk_runtime(cache_note: str) -> str:
-    """The trunk runtime a run's cache note names ('torch' for a run that measured no alternative)."""
-    import re
-
-    found = re.search(r"\((onnxruntime|torch) \(([^()]*)\)", cache_note)
-    return f"{found.group(1)} ({found.group(2)})" if found else "torch"
+def trunk_runtime(summary: dict) -> str | None:
+    """What ran a run's frozen-trunk pass and why (summary.json's ``trunk_pass``); None where no pass ran."""
+    trunk_pass = summary.get("trunk_pass")
+    return f"{trunk_pass['runtime']} ({trunk_pass['why']})" if trunk_pass else None
 
 
 def over_seeds(runs: list[dict]) -> dict:

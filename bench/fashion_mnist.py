@@ -40,7 +40,7 @@ def run(overrides: list[str], exports: Path) -> dict:
         (summary,) = Path(tmp, "runs").glob("*/summary.json")
         result = json.loads(summary.read_text())
     return {"overrides": overrides, "wall_s": round(wall, 1), "best_val_acc": result["best_val_acc"],
-            "final_val_acc": result["final_val_acc"], "cache": result["cache"],
+            "final_val_acc": result["final_val_acc"], "cache": result["cache"], "trunk_pass": result["trunk_pass"],
             "solver": result.get("head_solver")}
 
 
@@ -67,7 +67,8 @@ def main() -> None:
     print(f"CPU: {hardware.cpu_summary()}")
     print(f"{'row':<28} {'wall s':>7} {'best val':>9} {'final val':>9}  how")
     for name, row in rows:
-        how = row["cache"].split("features extracted")[-1][:90]
+        trunk = row["trunk_pass"]
+        how = f"{trunk['runtime']} ({trunk['why']}), {trunk['seconds']} s" if trunk else "features from the cache"
         print(f"{name:<28} {row['wall_s']:>7.1f} {row['best_val_acc']:>9.4f} {row['final_val_acc']:>9.4f}  {how}")
     result = {"cpu": hardware.cpu_summary(), "rows": [{"row": name, **row} for name, row in rows]}
     print(json.dumps(result))

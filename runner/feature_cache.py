@@ -22,6 +22,7 @@ features equal the plain model's within fp32 rounding (~1e-5).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -187,7 +188,9 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
     else: BatchNorm folded into the convolutions (on a copy used only here; checked against the unfolded trunk on
     the first batch), channels_last when the recipe uses it, the CPU batch that measured fastest, torch's threads
     on the physical cores, glibc told to reuse freed activations. The features equal the plain model's up to fp32
-    rounding. ``info`` (if given) receives what was done: ``folded`` norms, ``batch``, ``threads``."""
+    rounding. ``info`` (if given) receives what was done: ``folded`` norms, ``batch``, ``threads``, the image views
+    ``extracted`` (added up over a run's passes) and, where ONNX Runtime was weighed, the trial's verdict (see
+    :class:`runner.onnx_trunk.RuntimeTrial`)."""
     from runner import hardware
     from runner.engine.run import autocast
 
@@ -211,10 +214,11 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
     model.eval()
     info = {} if info is None else info
     wants_onnx = _wants_onnx(run, info, views * len(dataset))
+    trial = None
     all_views, labels = [], []
     with hardware.compute_threads(run.device), torch.inference_mode():
         for view in range(views):
-            captured = []
+            captured, images = [], None
             labels.clear()
             batches = _prefetched(iter(loader)) if PREFETCH and run.data.workers == 0 else loader
             for images, targets in batches:
@@ -228,71 +232,45 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
                     got = head_inputs(trunk, trunk_head, images[:2])
                     if not agrees(want, got):
                         trunk, trunk_head, folded = model, head, 0
-                if wants_onnx is not None and not all_views and not captured:  # ... and measures onnxruntime
-                    captured.append(_choose_runtime(run, info, wants_onnx, trunk, trunk_head, images))
+                if wants_onnx is not None and trial is None:  # ... and starts measuring onnxruntime
+                    from runner.onnx_trunk import RuntimeTrial
+
+                    name = next(n for n, m in trunk.named_modules() if m is trunk_head)
+                    trial = RuntimeTrial(functools.partial(head_inputs, trunk, trunk_head), trunk, name,
+                                         wants_onnx, info)
+                if trial is not None and not trial.decided:
+                    captured.append(trial(images))
                 else:
                     with autocast(run):
                         captured.append(head_inputs(trunk, trunk_head, images))
                 labels.append(targets)
+            if trial is not None and not trial.decided and images is not None:
+                trial.settle(images)  # a pass shorter than the trial: the next pass follows its verdict
             all_views.append(torch.cat(captured).cpu())
         threads = torch.get_num_threads()
-    info.update(folded=folded, batch=batch, threads=threads)
+    info.update(folded=folded, batch=batch, threads=threads, extracted=info.get("extracted", 0) + views * len(dataset))
     return torch.stack(all_views), torch.cat(labels)
 
 
 def _wants_onnx(run, info: dict, images: int) -> int | None:
-    """None: this pass runs in torch; else the image views of the run's passes, for :func:`_choose_runtime` to
-    weigh an export against (``trunk_runtime: onnxruntime``: -1, export whatever the size)."""
+    """None: this pass runs in torch; else the image views of the run's passes, for
+    :class:`runner.onnx_trunk.RuntimeTrial` to weigh an export against (``trunk_runtime: onnxruntime``: -1, export
+    whatever the size)."""
     mode = run.recipe.settings.trunk_runtime
-    if mode == "torch" or run.device.type != "cpu" or run.autocast_dtype is not None or "onnx" in info:
-        return None  # "onnx" in info: an earlier pass of this run decided (the val pass follows the train one)
+    if "onnx" in info or "trunk_runtime" in info:
+        return None  # an earlier pass of this run decided (the val pass follows the train one)
+    why = ("trunk_runtime: torch" if mode == "torch" else f"ONNX Runtime runs on CPUs, this is {run.device.type}"
+           if run.device.type != "cpu" else "reduced-precision autocast" if run.autocast_dtype is not None else None)
     from runner import onnx_trunk
 
-    if not onnx_trunk.available():
+    if why is None and not onnx_trunk.available():
         if mode == "onnxruntime":
             raise RunnerError("trunk_runtime: onnxruntime needs ONNX Runtime: pip install 'runner-transfer[onnx]'")
+        why = "onnxruntime not installed"
+    if why is not None:
+        info.update(trunk_runtime="torch", runtime_why=why)
         return None
     return -1 if mode == "onnxruntime" else max(images, info.get("images", 0))
-
-
-def _choose_runtime(run, info: dict, total: int, trunk, trunk_head, images: torch.Tensor) -> torch.Tensor:
-    """The first batch through torch and, where it can, ONNX Runtime: the outputs must agree, and the faster one
-    does the rest of the pass (``info["onnx"]``: the ONNX Runtime function, or None for torch). A trunk not yet
-    exported is exported when torch's pass over the ``total`` image views would take ``AUTO_MIN_PASS_S`` or more
-    at the rate of this batch (always for ``total`` -1)."""
-    import time
-
-    from runner import onnx_trunk
-
-    info["onnx"] = None
-    started = time.perf_counter()
-    want = head_inputs(trunk, trunk_head, images)
-    torch_s = time.perf_counter() - started
-    if 0 <= total and torch_s / len(images) * total >= onnx_trunk.AUTO_MIN_PASS_S:
-        started = time.perf_counter()  # the first call of a batch size set torch's kernels up: time it warm
-        head_inputs(trunk, trunk_head, images)
-        torch_s = time.perf_counter() - started
-    export = total < 0 or torch_s / len(images) * total >= onnx_trunk.AUTO_MIN_PASS_S
-    name = next(n for n, m in trunk.named_modules() if m is trunk_head)
-    runtime, note = onnx_trunk.session(trunk, name, images, onnx_trunk.cache_dir(), export)
-    if runtime is None:
-        info["runtime"] = f"torch ({note})"
-        return want
-    runtime(images)  # the first call of a session sets it up, and the next ones still run slow: the best of two
-    onnx_s = float("inf")
-    for _ in range(2):
-        started = time.perf_counter()
-        got = runtime(images)
-        onnx_s = min(onnx_s, time.perf_counter() - started)
-    if not agrees(want, got):
-        info["runtime"] = "torch (the ONNX trunk's features differ from torch's)"
-        return want
-    rates = f"{len(images) / onnx_s:.0f} against torch's {len(images) / torch_s:.0f} images/s, trunk {note}"
-    if onnx_s < torch_s:
-        info["onnx"], info["runtime"] = runtime, f"onnxruntime ({rates})"
-    else:
-        info["runtime"] = f"torch (onnxruntime {rates})"
-    return want
 
 
 def _warn(message: str) -> None:

@@ -18,8 +18,10 @@ def pyplot():
 
 
 def save_figure(fig, path: Path) -> None:
-    """Render ``fig`` to PNG at ``path`` (temp file + rename) and close it."""
+    """Render ``fig`` to PNG at ``path`` (temp file + rename) and close it (a figure of pyplot's: a bare
+    ``matplotlib.figure.Figure`` is not in pyplot's list and needs no closing)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    pyplot().close(fig)
+    if getattr(fig.canvas, "manager", None) is not None:
+        pyplot().close(fig)
     save_bytes(buffer.getvalue(), path)

@@ -9,10 +9,10 @@ same backbone reuses it. The shape is fixed so that ONNX Runtime folds the shape
 (TF-ported EfficientNets) into constants: exported with a dynamic batch, the same trunk ran at ~77 images/s. A
 shorter batch is padded to the shape, and the padding's outputs dropped.
 
-What it computes is checked, never assumed: the first batch runs through both torch and ONNX Runtime, the outputs
-must agree within fp32 rounding, and the faster of the two (timed on that batch) does the rest of the pass. Any
-failure (the exporter cannot trace the model, no onnxruntime, a mismatch) leaves the torch path, with the reason in
-the run's cache note.
+What it computes is checked, never assumed: a batch runs through both torch and ONNX Runtime, the outputs must agree
+within fp32 rounding, and the faster of the two (timed on the pass's first batches, :class:`RuntimeTrial`) does the
+rest of the pass. Any failure (the exporter cannot trace the model, no onnxruntime, a mismatch) leaves the torch
+path, with the reason in the run's cache note.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from runner.folding import agrees
 
 AUTO_MIN_PASS_S = 6.0
 """``trunk_runtime: auto`` exports a trunk not yet cached only when torch's pass would take at least this long, at
@@ -45,6 +47,73 @@ def cache_dir() -> Path:
     from runner.feature_cache import cache_dir as features
 
     return Path(os.environ.get("RUNNER_ONNX_CACHE") or features().parent / "onnx")
+
+
+def trial_rate(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``forward(images)`` and the images per second it ran at."""
+    started = time.perf_counter()
+    out = forward(images)
+    return out, len(images) / max(time.perf_counter() - started, 1e-9)
+
+
+class RuntimeTrial:
+    """Which runtime runs the rest of a frozen trunk's pass, found on the pass's first batches, each of which is a
+    batch of the pass (its output is kept) rather than a repeat run only to be timed: batch 1 through torch (its
+    first call at a batch size sets its kernels up), batch 2 through torch timed; then, where a trunk is kept
+    exported or torch's pass over ``total`` image views would take :data:`AUTO_MIN_PASS_S` or more at that rate
+    (``total`` -1: always), batch 2 again through ONNX Runtime (the session's first call, which sets it up, and the
+    check that it gives torch's features within fp32 rounding), batches 3 and 4 through ONNX Runtime timed. The
+    faster rate runs the rest. A pass that ends first finishes the trial on its last batch (:meth:`settle`).
+    The verdict goes to ``info``: ``onnx`` (the ONNX Runtime function, or None for torch), ``trunk_runtime``
+    (``onnxruntime`` or ``torch``), ``runtime_why`` and ``runtime`` (the two in words, for the cache note)."""
+
+    def __init__(self, torch_forward: Callable[[torch.Tensor], torch.Tensor], trunk: nn.Module, head_name: str,
+                 total: int, info: dict):
+        self.torch_forward, self.trunk, self.head_name, self.total, self.info = (torch_forward, trunk, head_name,
+                                                                               total, info)
+        self.calls, self.shape, self.torch_rate, self.onnx_rates = 0, None, 0.0, []
+        self.runtime, self.note = None, ""
+
+    @property
+    def decided(self) -> bool:
+        return "trunk_runtime" in self.info
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The head inputs of ``images``, the next batch of the pass, while the trial lasts."""
+        self.calls += 1
+        if self.calls == 1:
+            self.shape = tuple(images.shape)  # the pass's batch: what an export is made for
+            return self.torch_forward(images)
+        if self.calls == 2:
+            want, self.torch_rate = trial_rate(self.torch_forward, images)
+            self._open(images, want)
+            return want
+        got, rate = trial_rate(self.runtime, images)
+        self.onnx_rates.append(rate)
+        if len(self.onnx_rates) == 2:  # the session's next calls still run slow for a while: the better of two
+            rates = f"{max(self.onnx_rates):.0f} against torch's {self.torch_rate:.0f} images/s, trunk {self.note}"
+            if max(self.onnx_rates) > self.torch_rate:
+                self._decide("onnxruntime", rates, self.runtime)
+            else:
+                self._decide("torch", f"onnxruntime {rates}")
+        return got
+
+    def settle(self, images: torch.Tensor) -> None:
+        """Finish the trial on ``images``, the last batch of a pass that ended before the trial did."""
+        while not self.decided:
+            self(images)
+
+    def _open(self, images: torch.Tensor, want: torch.Tensor) -> None:
+        export = self.total < 0 or self.total / self.torch_rate >= AUTO_MIN_PASS_S
+        runtime, note = session(self.trunk, self.head_name, images.new_zeros(self.shape), cache_dir(), export)
+        if runtime is None:
+            return self._decide("torch", note)
+        if not agrees(want, runtime(images)):
+            return self._decide("torch", "the ONNX trunk's features differ from torch's")
+        self.runtime, self.note = runtime, note
+
+    def _decide(self, name: str, why: str, runtime=None) -> None:
+        self.info.update(onnx=runtime, trunk_runtime=name, runtime_why=why, runtime=f"{name} ({why})")
 
 
 def available() -> bool:

@@ -3,6 +3,8 @@ convolutions (checked on real images, and refused where folding would be wrong),
 unfolded path's, and the hardware facts and process settings it relies on."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -183,6 +185,13 @@ def test_the_cache_note_says_how_features_were_extracted(tmp_path, imagefolder):
     summary = engine.fit(run)
     assert "BatchNorms folded" in summary["cache"] and f"batch {feature_cache.EXTRACT_CPU_BATCH}" in summary["cache"]
     assert f"{hardware.physical_cores()} threads" in summary["cache"]
+    pass_ = summary["trunk_pass"]  # the same, for programs: which runtime ran the pass over how many image views
+    assert pass_["runtime"] in ("torch", "onnxruntime") and pass_["images"] == len(run.data.train) + len(run.data.val)
+    assert pass_["why"] and pass_["why"] in summary["cache"], (pass_, summary["cache"])
+    assert json.loads((run.folder / "summary.json").read_text())["trunk_pass"] == pass_
+    again = engine.fit(engine.build(load(write_recipe(tmp_path, imagefolder, dataset=dataset, epochs=1,
+                                                      pictures=NO_PICTURES)), load_catalog()))
+    assert "loaded from cache" in again["cache"] and again["trunk_pass"] is None
 
 
 def test_a_fixed_transform_shares_its_features_across_seeds(tmp_path, imagefolder):
@@ -297,7 +306,7 @@ def test_onnxruntime_runs_the_trunk_with_the_features_torch_gives(tmp_path, imag
     run.recipe.settings.trunk_runtime = "torch"
     plain = {}
     feature_cache.extract(run, run.data.val, 1, info=plain)
-    assert "runtime" not in plain
+    assert "runtime" not in plain and (plain["trunk_runtime"], plain["runtime_why"]) == ("torch", "trunk_runtime: torch")
 
 
 def test_auto_exports_the_trunk_only_for_a_pass_that_pays_for_it(tmp_path, imagefolder, monkeypatch):
@@ -336,3 +345,42 @@ def test_an_exported_trunk_outlives_the_feature_cache_and_any_pass_uses_it(tmp_p
     info = {}
     feature_cache.extract(run, run.data.val, 1, info=info)  # auto, a handful of images: no export of its own
     assert "trunk cached" in info["runtime"], info["runtime"]
+
+
+def test_choosing_the_trunk_runtime_runs_no_batch_only_to_time_it(tmp_path, imagefolder, monkeypatch):
+    """The runtime trial times torch and ONNX Runtime on batches of the pass itself: over the whole pass the two
+    compute each image once, plus the fold check's two images (folded and plain) and the one batch both runtimes
+    run for the check that ONNX Runtime gives torch's features. A pass shorter than the trial (the val pass here,
+    one batch) finishes it on its last batch, so every pass ends with a verdict."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from runner import onnx_trunk
+
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache" / "features"))
+    monkeypatch.setattr(feature_cache, "EXTRACT_CPU_BATCH", 2)  # 16 training images: 8 batches
+    images = {"torch": 0, "onnxruntime": 0}
+
+    def counting_head_inputs(model, head, batch):
+        images["torch"] += len(batch)
+        return folding.head_inputs(model, head, batch)
+
+    def counting_batched(runtime, batched=onnx_trunk.batched):
+        forward = batched(runtime)
+        return lambda batch: images.__setitem__("onnxruntime", images["onnxruntime"] + len(batch)) or forward(batch)
+
+    monkeypatch.setattr(feature_cache, "head_inputs", counting_head_inputs)
+    monkeypatch.setattr(onnx_trunk, "batched", counting_batched)
+    dataset = {"name": "imagefolder", "root": str(imagefolder), **NO_AUGMENT}
+    run = engine.build(load(write_recipe(tmp_path, imagefolder, dataset=dataset, cache="features",
+                                         trunk_runtime="onnxruntime")), load_catalog())
+    info = {}
+    features, _ = feature_cache.extract(run, run.data.train, 1, info=info)
+    assert info["trunk_runtime"] in ("onnxruntime", "torch") and info["runtime"].startswith(info["trunk_runtime"])
+    assert len(features[0]) == len(run.data.train) == 16
+    assert images["torch"] + images["onnxruntime"] == 16 + 2 * 2 + 2, images
+    assert images["torch"] >= 2 * 2 + 2 * 2 and images["onnxruntime"] >= 3 * 2, images  # the trial's own batches
+
+    short = {}
+    monkeypatch.setattr(feature_cache, "EXTRACT_CPU_BATCH", 16)
+    feature_cache.extract(run, run.data.val, 1, info=short)  # one batch: the trial settles on it
+    assert short["trunk_runtime"] in ("onnxruntime", "torch") and "trunk cached" in short["runtime"], short

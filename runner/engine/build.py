@@ -269,10 +269,13 @@ def use_cached_features(run: Run) -> str:
                                                 run.recipe, run.device, workers=0)
     wrap_for_processes(run)
     how = "loaded from cache" if hit_train and hit_val else "extracted"
+    seconds = time.perf_counter() - started
     if "batch" in info:
         folded = f"{info['folded']} BatchNorms folded, " if info["folded"] else ""
         runtime = f"{info['runtime']}, " if info.get("runtime") else ""
         how += f" ({runtime}{folded}batch {info['batch']}, {info['threads']} threads)"
-    return f"{how} in {time.perf_counter() - started:.1f} s"
+        run.trunk_pass = {"runtime": info["trunk_runtime"], "why": info["runtime_why"],
+                          "images": info["extracted"], "seconds": round(seconds, 2)}
+    return f"{how} in {seconds:.1f} s"
 
 

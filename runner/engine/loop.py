@@ -185,7 +185,8 @@ def fit(run: Run, resume: Path | None = None) -> dict[str, Any]:
                "stopped": run.stop, "seed": settings.seed,
                **({"head_solver": run.solver} if run.solver is not None else {}),
                "wall_s": round(time.perf_counter() - started, 2), "folder": str(run.folder),
-               "classes": list(run.classes), "cache": run.cache_note, "precision": run.precision_note,
+               "classes": list(run.classes), "cache": run.cache_note, "trunk_pass": run.trunk_pass,
+               "precision": run.precision_note,
                "resumed_at": first if resume is not None else None,
                "skipped_images": {"count": len(run.data.skipped), "first": run.data.skipped[:5]}}
     if distributed.is_main():
