@@ -23,17 +23,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 CONFIGS = {
-    # name: (fold, keep freed memory, batch, prefetch, threads (None: physical cores), channels_last)
+    # name: (fold, keep freed memory, batch, prefetch (transforms one batch ahead in a thread; None: measured on
+    # the pass, runner.feeding), threads (None: physical cores), channels_last)
     "before": dict(fold=False, malloc=False, batch=64, prefetch=False, threads=None, channels_last=True),
     "+malloc": dict(fold=False, malloc=True, batch=64, prefetch=False, threads=None, channels_last=True),
     "+fold": dict(fold=True, malloc=False, batch=64, prefetch=False, threads=None, channels_last=True),
     "fold+malloc b64": dict(fold=True, malloc=True, batch=64, prefetch=False, threads=None, channels_last=True),
     "fold+malloc b32": dict(fold=True, malloc=True, batch=32, prefetch=False, threads=None, channels_last=True),
-    "now (b16)": dict(fold=True, malloc=True, batch=16, prefetch=False, threads=None, channels_last=True),
+    "now (b16)": dict(fold=True, malloc=True, batch=16, prefetch=None, threads=None, channels_last=True),
     "fold+malloc b8": dict(fold=True, malloc=True, batch=8, prefetch=False, threads=None, channels_last=True),
-    "now NCHW": dict(fold=True, malloc=True, batch=16, prefetch=False, threads=None, channels_last=False),
-    "now + prefetch": dict(fold=True, malloc=True, batch=16, prefetch=True, threads=None, channels_last=True),
-    "now 1-thread": dict(fold=True, malloc=True, batch=16, prefetch=False, threads=1, channels_last=True),
+    "now NCHW": dict(fold=True, malloc=True, batch=16, prefetch=None, threads=None, channels_last=False),
+    "now, no prefetch": dict(fold=True, malloc=True, batch=16, prefetch=False, threads=None, channels_last=True),
+    "now, prefetch": dict(fold=True, malloc=True, batch=16, prefetch=True, threads=None, channels_last=True),
+    "now 1-thread": dict(fold=True, malloc=True, batch=16, prefetch=None, threads=1, channels_last=True),
 }
 ALIASES = {"now": "now (b16)"}
 
@@ -53,7 +55,11 @@ def one(recipe: str, name: str, repeat: int, compile_: bool, reference: str | No
     if not config["fold"]:
         feature_cache.fold_batchnorm = lambda model: (model, 0)
     feature_cache.EXTRACT_CPU_BATCH = config["batch"]
-    feature_cache.PREFETCH = config["prefetch"]
+    if config["prefetch"] is not None:
+        from runner import feeding
+
+        feed = feeding.feed
+        feeding.feed = lambda batches, verdict: feed(batches, {"ahead": config["prefetch"]})
     loaded, catalog = session.load(recipe, [f"channels_last={str(config['channels_last']).lower()}"])
     built = time.perf_counter()
     run = engine.build(loaded, catalog)

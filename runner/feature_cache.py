@@ -17,8 +17,10 @@ warning too: the run trains on the features it just extracted.
 The trunk's one pass (:func:`extract`) is what a cached run costs, so it runs as fast as the hardware allows without
 computing anything else: BatchNorm folded into the convolutions on a copy used only for it (checked against the
 unfolded trunk on the first batch), channels_last, the batch that measured fastest, torch's threads on the physical
-cores and glibc's allocator told to reuse freed activations (``bench/extract_speed.py`` measures each). The
-features equal the plain model's within fp32 rounding (~1e-5).
+cores, glibc's allocator told to reuse freed activations (``bench/extract_speed.py`` measures each), the next batch
+transformed in a thread while the trunk runs where that measures faster (:mod:`runner.feeding`), and ONNX Runtime
+where it runs the trunk faster (:mod:`runner.onnx_trunk`). The features equal the plain model's within fp32
+rounding (~1e-5).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from runner import distributed
+from runner import distributed, feeding
 from runner.errors import RunnerError
 from runner.folding import agrees, fold_batchnorm, head_inputs
 from runner.runfolder import save_torch
@@ -128,51 +130,12 @@ EXTRACT_CPU_BATCH = 16
 EfficientNet-Lite0 folded, channels_last, ants/bees training images (``bench/extract_speed.py``, first pass):
 batch 8 84, 16 85, 32 77, 64 76 img/s -- past 16 the activations (tens to hundreds of MB) fall out of cache.
 Results do not depend on it."""
-PREFETCH = False
-"""Transform the next batch in a background thread while the trunk runs. Measured on 2 cores: 87 against 85 img/s,
-within noise (the transforms and the trunk's two threads share the same two cores), so off; loader workers still
-apply on machines with more cores (``dataset.workers``)."""
 def _submodule_named_like(model: nn.Module, module: nn.Module, copy: nn.Module) -> nn.Module:
     """In ``copy`` (a deep copy of ``model``), the module that ``module`` is in ``model``."""
     if copy is model:
         return module
     name = next(name for name, m in model.named_modules() if m is module)
     return copy.get_submodule(name)
-
-
-def _prefetched(batches):
-    """``batches`` produced one ahead by a background thread (PIL and torch's transforms release the GIL)."""
-    import queue
-    import threading
-
-    ahead: queue.Queue = queue.Queue(maxsize=2)
-    done = object()
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for item in batches:
-                if stop.is_set():
-                    return
-                ahead.put(item)
-            ahead.put(done)
-        except BaseException as exc:  # handed to the consumer, raised there
-            ahead.put(exc)
-
-    worker = threading.Thread(target=produce, daemon=True, name="runner-prefetch")
-    worker.start()
-    try:
-        while (item := ahead.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                ahead.get_nowait()
-            except queue.Empty:
-                worker.join(0.01)
 
 
 def extraction_batch(run) -> int:
@@ -220,7 +183,7 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
         for view in range(views):
             captured, images = [], None
             labels.clear()
-            batches = _prefetched(iter(loader)) if PREFETCH and run.data.workers == 0 else loader
+            batches = feeding.feed(loader, info.setdefault("feed", {})) if run.data.workers == 0 else loader
             for images, targets in batches:
                 if info.get("onnx") is not None:  # ONNX Runtime reads NCHW: no channels_last round trip
                     captured.append(info["onnx"](images))

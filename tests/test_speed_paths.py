@@ -212,23 +212,6 @@ def test_a_fixed_transform_shares_its_features_across_seeds(tmp_path, imagefolde
         assert ("loaded from cache" in run.cache_note) == shared, run.cache_note
 
 
-def test_prefetched_batches_come_in_order_and_errors_reach_the_consumer():
-    assert list(feature_cache._prefetched(iter(range(50)))) == list(range(50))
-
-    def broken():
-        yield 1
-        raise OSError("disk went away")
-
-    got = []
-    with pytest.raises(OSError, match="disk went away"):
-        for item in feature_cache._prefetched(broken()):
-            got.append(item)
-    assert got == [1]
-    early = feature_cache._prefetched(iter(range(1000)))
-    assert next(early) == 0
-    early.close()  # a consumer that stops early does not leave the producer blocked
-
-
 def test_hardware_facts_and_thread_setting():
     assert 1 <= hardware.physical_cores() <= (torch.get_num_threads() + 1024)
     line = hardware.cpu_summary()

@@ -273,9 +273,16 @@ def use_cached_features(run: Run) -> str:
     if "batch" in info:
         folded = f"{info['folded']} BatchNorms folded, " if info["folded"] else ""
         runtime = f"{info['runtime']}, " if info.get("runtime") else ""
-        how += f" ({runtime}{folded}batch {info['batch']}, {info['threads']} threads)"
+        feed = info.get("feed", {})
+        fed = ""
+        if feed.get("ahead") is not None:
+            here, ahead = feed["feed_rates"]
+            fed = (f", transforms a batch ahead in a thread ({ahead:.0f} against {here:.0f} images/s)" if feed["ahead"]
+                   else f", transforms in the pass's thread ({here:.0f} against {ahead:.0f} images/s ahead)")
+        how += f" ({runtime}{folded}batch {info['batch']}, {info['threads']} threads{fed})"
         run.trunk_pass = {"runtime": info["trunk_runtime"], "why": info["runtime_why"],
-                          "images": info["extracted"], "seconds": round(seconds, 2)}
+                          "transforms_ahead": feed.get("ahead"), "images": info["extracted"],
+                          "seconds": round(seconds, 2)}
     return f"{how} in {seconds:.1f} s"
 
 

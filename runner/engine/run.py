@@ -81,8 +81,10 @@ class Run:
     cache_note: str = ""
     trunk_pass: dict[str, Any] | None = None
     """The frozen trunk's pass of the feature cache when this run made one (summary.json): ``runtime``
-    (``onnxruntime`` or ``torch``), ``why`` that one, the image views it ran (``images``) and the ``seconds`` the
-    features took (the pass, and reading or writing the cache)."""
+    (``onnxruntime`` or ``torch``), ``why`` that one, ``transforms_ahead`` (whether a thread transformed the next
+    batch while the trunk ran, as measured faster: :mod:`runner.feeding`; None where the pass was too short to
+    measure), the image views it ran (``images``) and the ``seconds`` the features took (the pass, and reading or
+    writing the cache)."""
     val_fold: bool | None = None
     """Whether validation runs a BatchNorm-folded copy of the model (None: not yet checked on a first batch)."""
     ema: Any = None
