@@ -31,7 +31,8 @@ from runner.folding import agrees
 
 AUTO_MIN_PASS_S = 6.0
 """``trunk_runtime: auto`` exports a trunk not yet cached only when torch's pass would take at least this long, at
-the rate of the first batch alone (the loader's share of a real pass not counted: 6 s of it are ~7-8 s of a pass).
+its rate on the pass's second batch (its first warm one) alone (the loader's share of a real pass not counted: 6 s
+of it are ~7-8 s of a pass).
 The export costs ~2-3 s inside a run (the exporter's imports included) and ONNX Runtime runs a loader-fed pass
 ~1.35x as fast here, so a first run that exports ends in about the time torch's would (ants/bees' extract, a ~12 s
 pass: 26.1 s exporting against 26.3 s in torch, ``bench/compare.py``), and the export is kept (:func:`cache_dir`,
