@@ -92,3 +92,17 @@ def test_the_command_leaves_its_objects_out_of_the_shutdown_collections_and_keep
         lines = done.stdout.splitlines()
         assert lines[-2].split()[1] in (exit_code, "None" if exit_code == "0" else exit_code), done.stdout
         assert int(lines[-1].split()[1]) > 10_000, done.stdout
+
+
+def test_every_torchrun_process_says_why_it_stopped(tmp_path):
+    """Under torchrun only rank 0 prints progress, but an error is printed by whichever process meets it: torchrun
+    ends the others when the first one stops, perhaps before rank 0 could say anything."""
+    import os
+    import subprocess
+    import sys
+
+    missing = str(tmp_path / "missing.yaml")
+    for rank, label in (("0", "error: "), ("1", "error (process 1): ")):
+        done = subprocess.run([sys.executable, "-m", "runner", "validate", missing], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "RANK": rank})
+        assert done.returncode == 2 and done.stderr.startswith(label) and "missing.yaml" in done.stderr, done.stderr

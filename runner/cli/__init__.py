@@ -135,10 +135,17 @@ def handled():
         if state["debug"]:
             raise
         shown = exc.problems[:20]  # a screenful; the rest would hide the first, which usually explains them
-        for problem in shown:
-            errors.print(Text("error: ", style="red") + Text(problem), soft_wrap=True)
-        if len(exc.problems) > len(shown):
-            errors.print(Text("error: ", style="red") + Text(f"... and {len(exc.problems) - len(shown)} more problems"))
+        # under torchrun every process says why it stopped, not only rank 0: any of them may stop first, and
+        # torchrun then ends the others, perhaps before they could say it
+        rank = int(os.environ.get("RANK", "0") or 0)
+        label, quiet, errors.quiet = ("error: " if rank == 0 else f"error (process {rank}): "), errors.quiet, False
+        try:
+            for problem in shown:
+                errors.print(Text(label, style="red") + Text(problem), soft_wrap=True)
+            if len(exc.problems) > len(shown):
+                errors.print(Text(label, style="red") + Text(f"... and {len(exc.problems) - len(shown)} more problems"))
+        finally:
+            errors.quiet = quiet
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
         from runner.engine import RunInterrupted
