@@ -220,7 +220,7 @@ def _wants_onnx(run, info: dict, images: int) -> int | None:
     :class:`runner.onnx_trunk.RuntimeTrial` to weigh an export against (``trunk_runtime: onnxruntime``: -1, export
     whatever the size)."""
     mode = run.recipe.settings.trunk_runtime
-    if "onnx" in info or "trunk_runtime" in info:
+    if "trunk_runtime" in info:
         return None  # an earlier pass of this run decided (the val pass follows the train one)
     why = ("trunk_runtime: torch" if mode == "torch" else f"ONNX Runtime runs on CPUs, this is {run.device.type}"
            if run.device.type != "cpu" else "reduced-precision autocast" if run.autocast_dtype is not None else None)

@@ -74,18 +74,27 @@ class Ahead:
         return items, ended, error
 
 
-def _timed(batches: Iterator, rate: list) -> Iterator:
-    """Batches of ``batches`` for a window (:data:`WINDOW_BATCHES`, :data:`WINDOW_S`), appending to ``rate`` the
-    images per second from asking for the first to the consumer's being done with the last (nothing when
-    ``batches`` ends first)."""
+def _untimed(batches: Iterator, count: int) -> Iterator:
+    """``count`` batches of ``batches``; returns whether all came (False: ``batches`` ended first)."""
+    for _ in range(count):
+        batch = next(batches, None)
+        if batch is None:
+            return False
+        yield batch
+    return True
+
+
+def _timed(batches: Iterator) -> Iterator:
+    """Batches of ``batches`` for a window (:data:`WINDOW_BATCHES`, :data:`WINDOW_S`); returns the images per second
+    from asking for the first to the consumer's being done with the last, or None when ``batches`` ends first."""
     images, count, started = 0, 0, time.perf_counter()
     while count < WINDOW_BATCHES or time.perf_counter() - started < WINDOW_S:
         batch = next(batches, None)
         if batch is None:
-            return
+            return None
         images, count = images + len(batch[0]), count + 1
         yield batch
-    rate.append(images / max(time.perf_counter() - started, 1e-9))
+    return images / max(time.perf_counter() - started, 1e-9)
 
 
 def feed(batches: Iterable, verdict: dict[str, Any]) -> Iterator:
@@ -100,25 +109,18 @@ def feed(batches: Iterable, verdict: dict[str, Any]) -> Iterator:
             yield from source
             return
         if verdict.get("ahead") is None:
-            for _ in range(SETTLE_BATCHES):
-                batch = next(source, None)
-                if batch is None:
-                    return
-                yield batch
-            here: list[float] = []
-            yield from _timed(source, here)
-            if not here:
+            if not (yield from _untimed(source, SETTLE_BATCHES)):
+                return
+            here = yield from _timed(source)
+            if here is None:
                 return
             ahead = Ahead(source)
-            batch = next(ahead, None)  # its first batch waits for a whole transform: not timed
-            if batch is None:
+            if not (yield from _untimed(ahead, 1)):  # its first batch waits for a whole transform: not timed
                 return
-            yield batch
-            there: list[float] = []
-            yield from _timed(ahead, there)
-            if not there:
+            there = yield from _timed(ahead)
+            if there is None:
                 return
-            verdict.update(ahead=there[0] > here[0], feed_rates=(here[0], there[0]))
+            verdict.update(ahead=there > here, feed_rates=(here, there))
             if not verdict["ahead"]:
                 items, ended, error = ahead.stop()
                 ahead = None

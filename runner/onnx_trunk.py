@@ -50,7 +50,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RUNNER_ONNX_CACHE") or features().parent / "onnx")
 
 
-def trial_rate(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> tuple[torch.Tensor, float]:
+def _timed_call(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``forward(images)`` and the images per second it ran at."""
     started = time.perf_counter()
     out = forward(images)
@@ -86,10 +86,10 @@ class RuntimeTrial:
             self.shape = tuple(images.shape)  # the pass's batch: what an export is made for
             return self.torch_forward(images)
         if self.calls == 2:
-            want, self.torch_rate = trial_rate(self.torch_forward, images)
+            want, self.torch_rate = _timed_call(self.torch_forward, images)
             self._open(images, want)
             return want
-        got, rate = trial_rate(self.runtime, images)
+        got, rate = _timed_call(self.runtime, images)
         self.onnx_rates.append(rate)
         if len(self.onnx_rates) == 2:  # the session's next calls still run slow for a while: the better of two
             rates = f"{max(self.onnx_rates):.0f} against torch's {self.torch_rate:.0f} images/s, trunk {self.note}"
