@@ -420,6 +420,28 @@ def test_curves_show_each_groups_lr_on_a_log_scale_with_whole_epochs(tmp_path):
         assert picture.width >= 1000 and picture.height >= 300
 
 
+@pytest.mark.parametrize("scale", [1.0, 12345.0])
+def test_curves_are_saved_uncropped_with_everything_drawn_inside_the_picture(tmp_path, scale):
+    """curves.png is not cropped to what is drawn (that renders it twice), so the fixed margins must hold every
+    label, title, tick and legend, long tick labels (losses in the thousands) and a 10-group lr legend included."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from runner_plugins.pictures import curves_figure, plot_curves
+
+    names = ["conv_stem+bn1", *(f"blocks.{i}" for i in range(7)), "conv_head+bn2", "head"]
+    rows = [{**row, "train_loss": row["train_loss"] * scale, "val_loss": row["val_loss"] * scale}
+            for row in metrics_rows(len(names), epochs=30)]
+    fig = curves_figure(rows, names)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    picture = fig.bbox
+    for ax in fig.axes:
+        drawn = ax.get_tightbbox(canvas.get_renderer())
+        assert picture.x0 <= drawn.x0 and drawn.x1 <= picture.x1 and picture.y0 <= drawn.y0 and drawn.y1 <= picture.y1
+    plot_curves(rows, tmp_path / "curves.png", names)
+    with Image.open(tmp_path / "curves.png") as saved:
+        assert saved.size == tuple(round(inches * 80) for inches in fig.get_size_inches())  # the whole figure
+
+
 def test_curves_with_many_groups_show_the_heads_lr_and_the_lowest():
     from runner_plugins.pictures import curves_figure
 
