@@ -93,11 +93,17 @@ class CachedFeatures(Dataset):
     def __getitem__(self, i: int):
         return self.features[self.view[i], i], self.labels[i]
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A batch's items in one indexing (the DataLoader calls this instead of ``__getitem__`` per item): a head
-        epoch over cached features is otherwise mostly per-item indexing."""
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch, (features, labels), in one indexing: the DataLoader calls this instead of ``__getitem__`` per
+        item and hands the result to its ``collate_fn``, :meth:`collate`, which passes it on (a head epoch over
+        cached features is otherwise mostly per-item indexing and re-stacking)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        return list(zip(self.features[self.view[index], index].unbind(0), self.labels[index].unbind(0)))
+        return self.features[self.view[index], index], self.labels[index]
+
+    @staticmethod
+    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The DataLoader's ``collate_fn`` for these features: :meth:`__getitems__` made the batch already."""
+        return batch
 
 
 def _fingerprint(model: nn.Module, dataset, parts: list, head: nn.Module | None = None) -> str | None:

@@ -99,10 +99,11 @@ def test_cached_features_in_batches_equal_the_items_one_by_one():
         def __getitem__(self, i):
             return cached[i]
 
-    def batches(dataset):
-        return list(DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    def batches(dataset, collate=None):
+        return list(DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0),
+                               collate_fn=collate))
 
-    together, alone = batches(cached), batches(OneByOne())
+    together, alone = batches(cached, CachedFeatures.collate), batches(OneByOne())
     assert [len(y) for _, y in together] == [4, 4, 2]
     for (x, y), (x1, y1) in zip(together, alone, strict=True):
         assert torch.equal(x, x1) and torch.equal(y, y1)

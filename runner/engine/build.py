@@ -129,11 +129,12 @@ def plan(recipe: Recipe, catalog: Catalog) -> dict:
 
 
 def loaders(train, val, data: Data, seed: int, recipe: Recipe, device: torch.device,
-             workers: int | None = None) -> tuple[DataLoader, DataLoader]:
+             workers: int | None = None, collate=None) -> tuple[DataLoader, DataLoader]:
     """Shuffled train and ordered val loaders; under torchrun each process loads its share (DistributedSampler
     for training, every val item once over all processes) and ``batch_size`` stays the global batch."""
     workers = data.workers if workers is None else workers
-    args = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    args = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                collate_fn=collate)
     if not distributed.active():
         return (DataLoader(train, batch_size=data.batch_size, shuffle=True,
                            generator=torch.Generator().manual_seed(seed), **args),
@@ -266,7 +267,8 @@ def use_cached_features(run: Run) -> str:
     val_x, val_y, hit_val = feature_cache.cached_features(run, data.val, 1, forward, "val", random=False, info=info)
     run.train_loader, run.val_loader = loaders(feature_cache.CachedFeatures(train_x, train_y, settings.seed),
                                                 feature_cache.CachedFeatures(val_x, val_y), data, settings.seed,
-                                                run.recipe, run.device, workers=0)
+                                                run.recipe, run.device, workers=0,
+                                                collate=feature_cache.CachedFeatures.collate)
     wrap_for_processes(run)
     how = "loaded from cache" if hit_train and hit_val else "extracted"
     seconds = time.perf_counter() - started
