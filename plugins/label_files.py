@@ -52,23 +52,17 @@ class FolderParams(ImageFileParams):
     seed: int = Field(0, description="seed of the split: the same seed gives the same split")
 
 
-class LabelledImages:
-    """Listed (path, class index) images read as RGB and transformed: ImageFolder's attributes without its layout,
-    so the bad-image check, preloading, the feature cache and ``runner evaluate`` work on it unchanged."""
+class LabelledImages(ImageFolder):
+    """Listed (path, class index) images: an :class:`ImageFolder` (its attributes, RGB reading and item access) over
+    a list of files instead of a folder per class, so the bad-image check, preloading, the feature cache and
+    ``runner evaluate`` work on it unchanged."""
 
     def __init__(self, root: Path, samples: list[tuple[str, int]], classes: list[str], transform, loader=read_rgb):
+        # not ImageFolder.__init__: there is no folder of classes to scan
         self.root, self.classes, self.transform, self.loader = str(root), classes, transform, loader
         self.class_to_idx = {name: i for i, name in enumerate(classes)}
         self.samples = self.imgs = samples
         self.targets = [label for _, label in samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        path, target = self.samples[index]
-        image = self.loader(path)
-        return (self.transform(image) if self.transform is not None else image), target
 
     def __repr__(self) -> str:
         return f"LabelledImages({self.root}, {len(self.samples)} images, {len(self.classes)} classes)"
