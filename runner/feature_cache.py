@@ -217,6 +217,15 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
                 trial.settle(images)  # a pass shorter than the trial: the next pass follows its verdict
             all_views.append(torch.cat(captured).cpu())
         threads = torch.get_num_threads()
+
+    def trunk_forward(images: torch.Tensor) -> torch.Tensor:  # as the pass ran, for the run's later predictions
+        with hardware.compute_threads(run.device), torch.inference_mode():
+            if info.get("onnx") is not None:
+                return info["onnx"](images)
+            with autocast(run):
+                return head_inputs(trunk, trunk_head, prepare(images))
+
+    run.trunk_forward = trunk_forward
     info.update(folded=folded, batch=batch, threads=threads, extracted=info.get("extracted", 0) + views * len(dataset))
     return torch.stack(all_views), torch.cat(labels)
 

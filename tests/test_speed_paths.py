@@ -367,3 +367,32 @@ def test_choosing_the_trunk_runtime_runs_no_batch_only_to_time_it(tmp_path, imag
     monkeypatch.setattr(feature_cache, "EXTRACT_CPU_BATCH", 16)
     feature_cache.extract(run, run.data.val, 1, info=short)  # one batch: the trial settles on it
     assert short["trunk_runtime"] in ("onnxruntime", "torch") and "trunk cached" in short["runtime"], short
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_a_cached_runs_predictions_run_the_trunk_as_its_pass_did(tmp_path, imagefolder, monkeypatch, runtime):
+    """While a run trains on cached features, predict (predictions.png, plugins' RunView.predict) runs the trunk
+    the way its pass did (ONNX Runtime, or the folded copy) and the head on that, not the whole plain model: the
+    same probabilities within fp32 rounding; once the trunk trains, the model itself."""
+    if runtime == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache" / "features"))
+    dataset = {"name": "imagefolder", "root": str(imagefolder), **NO_AUGMENT}
+    recipe = write_recipe(tmp_path, imagefolder, dataset=dataset, cache="features", trunk_runtime=runtime)
+    run = engine.build(load(recipe), load_catalog())
+    _randomise_batchnorm(run.model)
+    use_cached_features(run)
+    assert run.trunk_pass["runtime"] == runtime
+    images = torch.stack([run.data.val[i][0] for i in range(len(run.data.val))])
+    run.model.eval()
+    with torch.inference_mode():
+        want = run.model(images).softmax(1)
+    calls = []
+    run.model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    got = engine.predict(run, images)
+    assert calls == [] and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    run.cache = False  # as after an unfreeze: the trunk trains, its pass no longer stands for it
+    torch.testing.assert_close(engine.predict(run, images), want, rtol=0, atol=1e-5)
+    assert calls == [len(images)]
