@@ -3,6 +3,7 @@ convolutions (checked on real images, and refused where folding would be wrong),
 unfolded path's, and the hardware facts and process settings it relies on."""
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -377,6 +378,12 @@ def test_a_cached_runs_predictions_run_the_trunk_as_its_pass_did(tmp_path, image
     if runtime == "onnxruntime":
         pytest.importorskip("onnxruntime")
         pytest.importorskip("onnxscript")
+        from runner import onnx_trunk
+
+        def onnx_faster(forward, images):  # the trial's verdict, fixed: on a tiny trunk either runtime may win
+            return forward(images), 1.0 if isinstance(forward, functools.partial) else 1e9  # torch's is a partial
+
+        monkeypatch.setattr(onnx_trunk, "_timed_call", onnx_faster)
     monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache" / "features"))
     dataset = {"name": "imagefolder", "root": str(imagefolder), **NO_AUGMENT}
     recipe = write_recipe(tmp_path, imagefolder, dataset=dataset, cache="features", trunk_runtime=runtime)
