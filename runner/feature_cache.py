@@ -183,6 +183,14 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
     model.eval()
     info = {} if info is None else info
     wants_onnx = _wants_onnx(run, info, views * len(dataset))
+
+    def decided(images: torch.Tensor) -> torch.Tensor:
+        """The head inputs of ``images`` through the runtime the trial chose (or torch, where none ran)."""
+        if info.get("onnx") is not None:  # ONNX Runtime reads NCHW: no channels_last round trip
+            return info["onnx"](images)
+        with autocast(run):
+            return head_inputs(trunk, trunk_head, prepare(images))
+
     trial = None
     all_views, labels = [], []
     with hardware.compute_threads(run.device), torch.inference_mode():
@@ -191,28 +199,24 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
             labels.clear()
             batches = feeding.feed(loader, info.setdefault("feed", {})) if run.data.workers == 0 else loader
             for images, targets in batches:
-                if info.get("onnx") is not None:  # ONNX Runtime reads NCHW: no channels_last round trip
-                    captured.append(info["onnx"](images))
-                    labels.append(targets)
-                    continue
-                images = prepare(images)
-                if folded and not all_views and not captured:  # the first batch checks the fold
-                    want = head_inputs(model, head, images[:2])
-                    got = head_inputs(trunk, trunk_head, images[:2])
-                    if not agrees(want, got):
-                        trunk, trunk_head, folded = model, head, 0
-                if wants_onnx is not None and trial is None:  # ... and starts measuring onnxruntime
-                    from runner.onnx_trunk import RuntimeTrial
-
-                    name = next(n for n, m in trunk.named_modules() if m is trunk_head)
-                    trial = RuntimeTrial(functools.partial(head_inputs, trunk, trunk_head), trunk, name,
-                                         wants_onnx, info)
-                if trial is not None and not trial.decided:
-                    captured.append(trial(images))
-                else:
-                    with autocast(run):
-                        captured.append(head_inputs(trunk, trunk_head, images))
                 labels.append(targets)
+                if info.get("onnx") is None:
+                    images = prepare(images)
+                    if folded and not all_views and not captured:  # the first batch checks the fold
+                        want = head_inputs(model, head, images[:2])
+                        got = head_inputs(trunk, trunk_head, images[:2])
+                        if not agrees(want, got):
+                            trunk, trunk_head, folded = model, head, 0
+                    if wants_onnx is not None and trial is None:  # ... and starts measuring onnxruntime
+                        from runner.onnx_trunk import RuntimeTrial
+
+                        name = next(n for n, m in trunk.named_modules() if m is trunk_head)
+                        trial = RuntimeTrial(functools.partial(head_inputs, trunk, trunk_head), trunk, name,
+                                             wants_onnx, info)
+                    if trial is not None and not trial.decided:
+                        captured.append(trial(images))
+                        continue
+                captured.append(decided(images))
             if trial is not None and not trial.decided and images is not None:
                 trial.settle(images)  # a pass shorter than the trial: the next pass follows its verdict
             all_views.append(torch.cat(captured).cpu())
@@ -220,10 +224,7 @@ def extract(run, dataset, views: int, forward_images=None, info: dict | None = N
 
     def trunk_forward(images: torch.Tensor) -> torch.Tensor:  # as the pass ran, for the run's later predictions
         with hardware.compute_threads(run.device), torch.inference_mode():
-            if info.get("onnx") is not None:
-                return info["onnx"](images)
-            with autocast(run):
-                return head_inputs(trunk, trunk_head, prepare(images))
+            return decided(images)
 
     run.trunk_forward = trunk_forward
     info.update(folded=folded, batch=batch, threads=threads, extracted=info.get("extracted", 0) + views * len(dataset))
