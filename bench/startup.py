@@ -10,6 +10,12 @@ precision decided), features extracted, epochs done, exit. The fixed cost of a r
 first image is decoded. Each run starts with an empty feature cache; the runs share one ONNX trunk folder, empty
 when the benchmark starts (as a user's ``~/.cache/runner/onnx`` is kept between runs; ``--fresh-export``: one per
 run), and the trunk runtime each run used is printed under the table.
+
+Beside each run, a bare process that only imports what any torch training with this backbone imports (torch,
+torchvision, timm, and ``torch._dynamo``, which torchvision's ops and torch's optimizers import) gives the floor no
+runner change can go under; ``runner's own`` is the first decoded image minus that floor: the part of the fixed
+cost that is runner's (recipe, plugins, building, fingerprinting, and runner's other imports). ``--json``: the same
+marks as JSON.
 """
 from __future__ import annotations
 
@@ -102,14 +108,32 @@ def timeline(recipe: str, overrides: list[str], output: str) -> dict:
     return marks
 
 
+FLOOR = "import torch, torchvision, timm, torch._dynamo"
+"""What the floor process runs: the imports every torch training with a timm backbone pays (the tutorial's loop
+pays all but timm's)."""
+
+
+def floor(env: dict) -> float:
+    """Seconds from a fresh interpreter's start to the end of :data:`FLOOR`, measured inside it."""
+    out = subprocess.run([sys.executable, __file__, "--floor-child"], env=env, capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe", nargs="?", default="recipes/extract.yaml")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--fresh-export", action="store_true", help="an empty ONNX trunk folder for each run")
+    p.add_argument("--json", type=Path, help="write every run's marks here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--floor-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.floor_child:
+        exec(FLOOR)
+        print(since_start())
+        return
     if args.child:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["RUNNER_CACHE_DIR"] = str(Path(tmp) / "cache")
@@ -135,6 +159,9 @@ def main() -> None:
             if out.returncode != 0:
                 raise SystemExit(out.stderr[-3000:])
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs[-1]["floor: bare imports"] = floor(env)
+            if "first image decoded" in runs[-1]:
+                runs[-1]["runner's own"] = runs[-1]["first image decoded"] - runs[-1]["floor: bare imports"]
     notes = [r.pop("cache", "") for r in runs]
     names = list(runs[0])
     print(f"{'mark':>26}  " + "  ".join(f"run {i + 1:>2}" for i in range(len(runs))) + "   (s since process start)")
@@ -142,7 +169,11 @@ def main() -> None:
         print(f"{name:>26}  " + "  ".join(f"{r.get(name, float('nan')):6.2f}" for r in runs))
     for i, note in enumerate(notes):
         print(f"run {i + 1}: feature cache {note}")
+    print(f"floor: a fresh process running `{FLOOR}`, after each run; runner's own: first image decoded - floor")
     print(f"load average {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"recipe": args.recipe, "overrides": args.overrides, "runs": runs,
+                                         "notes": notes}, indent=1))
 
 
 if __name__ == "__main__":
