@@ -79,27 +79,58 @@ class TorchvisionParams(LoaderParams):
 
 class ToRGB:
     """Grayscale, palette, RGBA, 16-bit... images to 3-channel RGB as image files are read (transparency on white,
-    16-bit scaled down: ``to_rgb``); picklable, for loader worker processes."""
+    16-bit scaled down: ``to_rgb``); picklable, for loader worker processes. ``gray_later``: 8-bit grey ("L") images
+    stay grey, for a pipeline whose every step up to the tensor treats channels alike and ends in
+    :class:`ThreeChannels` -- the MNIST family then resizes and converts one channel instead of three (the same
+    tensor: grey to RGB repeats the channel)."""
+
+    def __init__(self, gray_later: bool = False):
+        self.gray_later = gray_later
 
     def __call__(self, image):
+        if self.gray_later and image.mode == "L":
+            return image
         return to_rgb(image)
 
     def __repr__(self) -> str:
-        return "ToRGB()"
+        return "ToRGB(gray_later=True)" if self.gray_later else "ToRGB()"
+
+
+class ThreeChannels:
+    """A one-channel image tensor repeated to three (what grey to RGB gives), others unchanged; picklable."""
+
+    def __call__(self, tensor):
+        return tensor.expand(3, -1, -1) if tensor.shape[0] == 1 else tensor
+
+    def __repr__(self) -> str:
+        return "ThreeChannels()"
+
+
+def rgb_first(steps: list) -> transforms.Compose:
+    """``steps`` (PIL image to tensor) after :class:`ToRGB`. Where every step before ``ToTensor`` only moves pixels
+    (resizes, crops, flips: each channel alike), grey images go through them as one channel and are made RGB as a
+    tensor (:class:`ThreeChannels`): the same tensor, for a third of the resizing and converting."""
+    from torchvision import transforms
+
+    blind = (transforms.Resize, transforms.CenterCrop, transforms.RandomResizedCrop, transforms.RandomHorizontalFlip)
+    at = next((i for i, step in enumerate(steps) if isinstance(step, transforms.ToTensor)), None)
+    if at is None or not all(isinstance(step, blind) for step in steps[:at]):
+        return transforms.Compose([ToRGB(), *steps])
+    return transforms.Compose([ToRGB(gray_later=True), *steps[:at + 1], ThreeChannels(), *steps[at + 1:]])
 
 
 def split_transforms(pre: Preprocess, augment: str) -> tuple[transforms.Compose, transforms.Compose]:
-    """Train and val transforms: RGB first, then the backbone's (or image_size's) preprocessing."""
+    """Train and val transforms: RGB first (see :func:`rgb_first`), then the backbone's (or image_size's)
+    preprocessing."""
     from torchvision import transforms
 
-    val = transforms.Compose([ToRGB(), *pre.eval_transform().transforms])
+    val = rgb_first(pre.eval_transform().transforms)
     if augment == "none":
         return val, val
     interp = transforms.InterpolationMode(pre.interpolation)
-    train = transforms.Compose([ToRGB(),
-                                transforms.RandomResizedCrop(pre.size, scale=(0.35, 1.0), interpolation=interp),
-                                transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                                transforms.Normalize(pre.mean, pre.std)])
+    train = rgb_first([transforms.RandomResizedCrop(pre.size, scale=(0.35, 1.0), interpolation=interp),
+                       transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                       transforms.Normalize(pre.mean, pre.std)])
     return train, val
 
 
