@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
-from runner.api import (Component, Data, LoaderParams, Preprocess, RunnerError, data_cache, did_you_mean, find_root,
-                        hookimpl, resolve_workers, to_rgb)
+from runner.api import (Component, Data, LoaderParams, NormalizedTensor, Preprocess, RunnerError, data_cache,
+                        did_you_mean, find_root, hookimpl, resolve_workers, to_rgb)
 
 if TYPE_CHECKING:  # numpy, torch and torchvision are imported when the dataset is built, not to list it
     from torchvision import transforms
@@ -80,9 +80,8 @@ class TorchvisionParams(LoaderParams):
 class ToRGB:
     """Grayscale, palette, RGBA, 16-bit... images to 3-channel RGB as image files are read (transparency on white,
     16-bit scaled down: ``to_rgb``); picklable, for loader worker processes. ``gray_later``: 8-bit grey ("L") images
-    stay grey, for a pipeline whose every step up to the tensor treats channels alike and ends in
-    :class:`ThreeChannels` -- the MNIST family then resizes and converts one channel instead of three (the same
-    tensor: grey to RGB repeats the channel)."""
+    stay grey, for a pipeline that treats channels alike up to a :class:`NormalizedTensor` (which repeats a grey
+    channel to three): the MNIST family then resizes one channel instead of three, for the same tensor."""
 
     def __init__(self, gray_later: bool = False):
         self.gray_later = gray_later
@@ -96,27 +95,17 @@ class ToRGB:
         return "ToRGB(gray_later=True)" if self.gray_later else "ToRGB()"
 
 
-class ThreeChannels:
-    """A one-channel image tensor repeated to three (what grey to RGB gives), others unchanged; picklable."""
-
-    def __call__(self, tensor):
-        return tensor.expand(3, -1, -1) if tensor.shape[0] == 1 else tensor
-
-    def __repr__(self) -> str:
-        return "ThreeChannels()"
-
-
 def rgb_first(steps: list) -> transforms.Compose:
-    """``steps`` (PIL image to tensor) after :class:`ToRGB`. Where every step before ``ToTensor`` only moves pixels
-    (resizes, crops, flips: each channel alike), grey images go through them as one channel and are made RGB as a
-    tensor (:class:`ThreeChannels`): the same tensor, for a third of the resizing and converting."""
+    """``steps`` (PIL image to tensor) after :class:`ToRGB`. Where every step before the ``NormalizedTensor`` only
+    moves pixels (resizes, crops, flips: each channel alike), grey images go through them as one channel and are
+    made three as a tensor: the same tensor as converting to RGB first, for a third of the resizing."""
     from torchvision import transforms
 
     blind = (transforms.Resize, transforms.CenterCrop, transforms.RandomResizedCrop, transforms.RandomHorizontalFlip)
-    at = next((i for i, step in enumerate(steps) if isinstance(step, transforms.ToTensor)), None)
+    at = next((i for i, step in enumerate(steps) if isinstance(step, NormalizedTensor)), None)
     if at is None or not all(isinstance(step, blind) for step in steps[:at]):
         return transforms.Compose([ToRGB(), *steps])
-    return transforms.Compose([ToRGB(gray_later=True), *steps[:at + 1], ThreeChannels(), *steps[at + 1:]])
+    return transforms.Compose([ToRGB(gray_later=True), *steps])
 
 
 def split_transforms(pre: Preprocess, augment: str) -> tuple[transforms.Compose, transforms.Compose]:
@@ -129,8 +118,7 @@ def split_transforms(pre: Preprocess, augment: str) -> tuple[transforms.Compose,
         return val, val
     interp = transforms.InterpolationMode(pre.interpolation)
     train = rgb_first([transforms.RandomResizedCrop(pre.size, scale=(0.35, 1.0), interpolation=interp),
-                       transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                       transforms.Normalize(pre.mean, pre.std)])
+                       transforms.RandomHorizontalFlip(), NormalizedTensor(pre.mean, pre.std)])
     return train, val
 
 

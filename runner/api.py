@@ -24,9 +24,9 @@ from runner.hookspecs import hookimpl
 from runner.lazy import lazy_names
 from runner.lifecycle import RunView
 
-API_VERSION = "1.2"
+API_VERSION = "1.3"
 """The plugin API's version, ``major.minor``. 1.1 added ``read_rgb(..., shorter=N)`` (JPEG draft-mode decoding);
-1.2 ``to_rgb`` (a PIL image as training sees it)."""
+1.2 ``to_rgb`` (a PIL image as training sees it); 1.3 ``NormalizedTensor`` (ToTensor + Normalize in fewer steps)."""
 
 # names whose modules import torch, torchvision or matplotlib: loaded on first use, so importing the API is cheap
 _LAZY = {
@@ -34,6 +34,7 @@ _LAZY = {
     "image_transforms": "runner.imagedata", "finish_image_files": "runner.imagedata",
     "resolve_workers": "runner.imagedata",
     "read_rgb": "runner.images", "to_rgb": "runner.images", "walk_files": "runner.images", "BadImage": "runner.images",
+    "NormalizedTensor": "runner.images",
     "find_root": "runner.datafiles", "search_path": "runner.datafiles", "data_cache": "runner.datafiles",
     "load_state_dict": "runner.weights", "load_strict": "runner.weights",
     "pyplot": "runner.figures", "save_figure": "runner.figures",

@@ -61,7 +61,7 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     ("Schedulers", "", ["Schedule"]),
     ("Datasets", "What a dataset component builds, and the bases the built-in image-file datasets are made of.",
      ["Data", "LoaderParams", "ImageFileParams", "ImageFolder", "image_transforms", "finish_image_files",
-      "resolve_workers", "read_rgb", "walk_files", "BadImage", "find_root", "search_path", "data_cache"]),
+      "resolve_workers", "read_rgb", "to_rgb", "NormalizedTensor", "walk_files", "BadImage", "find_root", "search_path", "data_cache"]),
     ("Lifecycle", "What lifecycle hooks see of a run.", ["RunView"]),
     ("Errors", "A plugin reports its user's mistakes with `PluginError`: one line, exit code 2, no traceback.",
      ["RunnerError", "PluginError", "did_you_mean"]),

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from runner.types import Data, Params, Preprocess
 from runner.errors import RunnerError
-from runner.images import IMAGE_EXTENSIONS, BadImage, bomb_guard, read_rgb, walk_files
+from runner.images import IMAGE_EXTENSIONS, BadImage, NormalizedTensor, bomb_guard, read_rgb, walk_files
 
 if TYPE_CHECKING:  # torchvision is imported when a dataset is built, not to read its parameters
     from PIL import Image
@@ -60,12 +60,11 @@ def image_transforms(pre: Preprocess, augment: str) -> tuple[transforms.Compose,
     from torchvision import transforms
 
     interp = transforms.InterpolationMode(pre.interpolation)
-    tail = [transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)]
     val = pre.eval_transform()
     if augment == "none":
         return val, val
     train = transforms.Compose([transforms.RandomResizedCrop(pre.size, interpolation=interp),
-                                transforms.RandomHorizontalFlip(), *tail])
+                                transforms.RandomHorizontalFlip(), NormalizedTensor(pre.mean, pre.std)])
     return train, val
 
 

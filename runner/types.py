@@ -110,18 +110,21 @@ class Preprocess:
         """Resize, center crop, tensor, normalise: how val, predict and evaluate see an image."""
         from torchvision import transforms
 
+        from runner.images import NormalizedTensor
+
         interp = transforms.InterpolationMode(self.interpolation)
         return transforms.Compose([transforms.Resize(self.resize, interpolation=interp),
-                                   transforms.CenterCrop(self.size), transforms.ToTensor(),
-                                   transforms.Normalize(self.mean, self.std)])
+                                   transforms.CenterCrop(self.size), NormalizedTensor(self.mean, self.std)])
 
     def tta_transform(self, mode: str):
         """Test-time views of an image as one (views, 3, size, size) tensor: ``flip`` the eval view and its
         mirror, ``crops`` torchvision's ten crops (four corners and centre, and their mirrors); ``none`` one."""
         from torchvision import transforms
 
+        from runner.images import NormalizedTensor
+
         interp = transforms.InterpolationMode(self.interpolation)
-        tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+        tensor = NormalizedTensor(self.mean, self.std)
         if mode == "none":
             return transforms.Compose([self.eval_transform(), _Stack((_identity,))])
         if mode == "flip":

@@ -246,7 +246,7 @@ BROKEN = {
         @hookimpl
         def runner_schedulers():
             return [Component("from_the_future", "needs API 2", lambda *args: Schedule(None))]
-    """, "needs runner plugin API 2.0; this runner has 1.2"),
+    """, "needs runner plugin API 2.0; this runner has 1.3"),
 }
 
 
@@ -320,11 +320,12 @@ def test_require_compares_major_and_minor_versions():
     require("1.0")
     require("1.1")  # read_rgb(shorter=...)
     require("1.2")  # to_rgb
-    with pytest.raises(PluginError, match=r"needs runner plugin API 1\.7; this runner has 1\.2: upgrade runner"):
+    require("1.3")  # NormalizedTensor
+    with pytest.raises(PluginError, match=r"needs runner plugin API 1\.7; this runner has 1\.3: upgrade runner"):
         require("1.7")
-    with pytest.raises(PluginError, match=r"needs runner plugin API 2\.0; this runner has 1\.2"):
+    with pytest.raises(PluginError, match=r"needs runner plugin API 2\.0; this runner has 1\.3"):
         require("2.0")
-    with pytest.raises(PluginError, match=r"needs runner plugin API 0\.9; this runner has 1\.2: .*upgrade the plugin"):
+    with pytest.raises(PluginError, match=r"needs runner plugin API 0\.9; this runner has 1\.3: .*upgrade the plugin"):
         require("0.9")
     with pytest.raises(PluginError, match="expected 'major.minor'"):
         require("one")

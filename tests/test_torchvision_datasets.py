@@ -97,32 +97,33 @@ def test_standard_augment_is_random_for_train_only_and_splits_pickle(tmp_path, f
 
 
 def test_grey_images_made_rgb_after_resizing_give_the_tensors_of_rgb_first(tmp_path, fashion):
-    """The MNIST family's grey images are resized and cropped as one channel and repeated to three as a tensor:
-    every item equals what converting to RGB first gives, for the val transform and for seeded random crops."""
+    """The MNIST family's grey images are resized and cropped as one channel and made three as a tensor: every
+    item equals what converting to RGB first and torchvision's ToTensor + Normalize give, for the val transform
+    and for seeded random crops. A step that is not channel-blind keeps RGB first."""
+    from PIL import Image
     from torchvision import transforms
 
-    from runner_plugins.torchvision_datasets import ThreeChannels, ToRGB, rgb_first
+    from runner_plugins.torchvision_datasets import ToRGB, rgb_first
 
     pre = Preprocess(size=48, resize=55, interpolation="bicubic")
     data = build(fashion, tmp_path, preprocess=pre, image_size=48, augment="standard")
-    assert isinstance(data.val.transform.transforms[0], ToRGB) and data.val.transform.transforms[0].gray_later
-    rgb_val = transforms.Compose([ToRGB(), *pre.eval_transform().transforms])
-    rgb_train = transforms.Compose([t for t in data.train.transform.transforms if not isinstance(t, ThreeChannels)])
-    rgb_train.transforms[0] = ToRGB()
+    assert data.val.transform.transforms[0].gray_later and data.train.transform.transforms[0].gray_later
+    tensor = [transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)]
+    rgb_val = transforms.Compose([ToRGB(), *pre.eval_transform().transforms[:-1], *tensor])
+    rgb_train = transforms.Compose([ToRGB(), *data.train.transform.transforms[1:-1], *tensor])
     for index in range(0, 50, 7):
         image, _ = data.val[index]
-        assert image.shape == (3, 48, 48) and image.is_contiguous()
         raw = _raw_image(data.val, index)
-        assert raw.mode == "L" and torch.equal(image, rgb_val(raw))
+        assert raw.mode == "L" and image.shape == (3, 48, 48) and image.is_contiguous()
+        assert torch.equal(image, rgb_val(raw))
         torch.manual_seed(index)
         crop, _ = data.train[index]
         torch.manual_seed(index)
         assert torch.equal(crop, rgb_train(_raw_image(data.train, index)))
-    colour = rgb_first([transforms.ColorJitter(0.5), transforms.ToTensor()])  # not channel-blind: RGB first
-    assert repr(colour.transforms[0]) == "ToRGB()" and not any(isinstance(t, ThreeChannels) for t in colour.transforms)
-    from PIL import Image
+    colour = rgb_first([transforms.ColorJitter(0.5), *pre.eval_transform().transforms[-1:]])
+    assert repr(colour.transforms[0]) == "ToRGB()"
     rgb = Image.new("RGB", (30, 30), (200, 10, 90))
-    assert torch.equal(rgb_first(pre.eval_transform().transforms)(rgb), pre.eval_transform()(rgb))
+    assert torch.equal(rgb_first(pre.eval_transform().transforms)(rgb), rgb_val(rgb))
 
 
 def _raw_image(split, index):
