@@ -40,12 +40,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 class NormalizedTensor:
     """An 8-bit RGB or grey PIL image as a normalised float tensor, (3, H, W): torchvision's ``ToTensor`` then
-    ``Normalize(mean, std)``, the same floats in fewer steps. Those two run ~10 tensor operations per image and make
-    the mean and std tensors anew each time, which at Fashion-MNIST's 64 pixels is most of an image's transform
-    (~210 against ~80 us here); at 224 pixels the arithmetic dominates and both take the same time. A grey ("L")
-    image comes out with its channel repeated three times (what converting it to RGB first gives), so grey images
-    can be resized as one channel. Anything else (other PIL modes, arrays) goes through torchvision's two.
-    Picklable, for loader worker processes."""
+    ``Normalize(mean, std)``, the same floats in fewer steps. Those two run ~10 tensor operations per image and
+    make the mean and std tensors anew each time, which at Fashion-MNIST's 64 pixels is most of an image's
+    transform (about twice this class's time per image here); at 224 pixels the arithmetic dominates: the same.
+    A grey ("L") image comes out with its channel repeated three times (what converting it to RGB first gives), so
+    grey images can be resized as one channel. Anything else (other PIL modes, arrays) goes through torchvision's
+    two. Picklable, for loader worker processes."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         self.mean, self.std = tuple(mean), tuple(std)
