@@ -13,7 +13,7 @@ from pydantic import Field
 
 from runner.api import Params, Section, hookimpl
 
-RUNNER_API = "1.0"
+RUNNER_API = "1.3"  # save_figure(..., crop=False)
 MAX_LR_LINES = 6
 """More parameter groups than this: the lr panel shows the head's and the lowest lr only."""
 # torch and matplotlib are imported where a picture is made, not when the plugin is loaded (runner list, --help)
@@ -161,14 +161,10 @@ def curves_figure(rows: list[dict], group_names: list[str] | None = None):
 
 def plot_curves(rows: list[dict], path, group_names: list[str] | None = None) -> None:
     """:func:`curves_figure` saved as PNG at ``path`` (atomically), uncropped: its margins are fixed, and cropping
-    (``save_figure``'s ``bbox_inches="tight"``) renders a figure twice."""
-    import io
+    renders a figure twice."""
+    from runner.api import save_figure
 
-    from runner.api import save_bytes
-
-    buffer = io.BytesIO()
-    curves_figure(rows, group_names).savefig(buffer, format="png", dpi=80)
-    save_bytes(buffer.getvalue(), path)
+    save_figure(curves_figure(rows, group_names), path, crop=False)
 
 
 @hookimpl

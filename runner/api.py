@@ -26,7 +26,8 @@ from runner.lifecycle import RunView
 
 API_VERSION = "1.3"
 """The plugin API's version, ``major.minor``. 1.1 added ``read_rgb(..., shorter=N)`` (JPEG draft-mode decoding);
-1.2 ``to_rgb`` (a PIL image as training sees it); 1.3 ``NormalizedTensor`` (ToTensor + Normalize in fewer steps)."""
+1.2 ``to_rgb`` (a PIL image as training sees it); 1.3 ``NormalizedTensor`` (ToTensor + Normalize in fewer steps)
+and ``save_figure(..., crop=False)``."""
 
 # names whose modules import torch, torchvision or matplotlib: loaded on first use, so importing the API is cheap
 _LAZY = {

@@ -17,11 +17,12 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path, crop: bool = True) -> None:
     """Render ``fig`` to PNG at ``path`` (temp file + rename) and close it (a figure of pyplot's: a bare
-    ``matplotlib.figure.Figure`` is not in pyplot's list and needs no closing)."""
+    ``matplotlib.figure.Figure`` is not in pyplot's list and needs no closing). ``crop``: cut the picture to what
+    is drawn, which renders the figure twice; ``crop=False`` for a figure whose fixed margins hold everything."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=80, **({"bbox_inches": "tight"} if crop else {}))
     if getattr(fig.canvas, "manager", None) is not None:
         pyplot().close(fig)
     save_bytes(buffer.getvalue(), path)
